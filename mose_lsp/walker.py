@@ -1,0 +1,134 @@
+"""Which files of a workspace are indexed.
+
+Honours nested ``.gitignore`` files and a ``.moseignore`` (same syntax) at any level, the
+default excludes (VCS folders, virtual environments, build output) and the secret patterns
+(``.env*``, keys, credentials), which are never read. Symbolic links are not followed: a
+linked file is indexed only when it resolves inside the workspace, a linked folder never
+(this rules out loops and escapes).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pathspec import GitIgnoreSpec
+
+from .config import DEFAULT_EXCLUDES, Settings
+
+IGNORE_FILES = (".gitignore", ".moseignore")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    rel: str  # workspace-relative posix path
+    path: Path  # absolute path
+    size: int
+    mtime_ns: int
+
+
+class IgnoreRules:
+    """Layered gitignore-style rules; a deeper folder's file applies to paths under it."""
+
+    def __init__(self, root: Path, settings: Settings):
+        self.root = root
+        self.settings = settings
+        self._secrets = GitIgnoreSpec.from_lines(settings.secret_patterns)
+        self._base = GitIgnoreSpec.from_lines([*DEFAULT_EXCLUDES, *settings.exclude])
+        self._layers: dict[str, list[GitIgnoreSpec]] = {}
+
+    def is_secret(self, rel: str) -> bool:
+        return self._secrets.match_file(rel)
+
+    def load_dir(self, rel_dir: str) -> None:
+        """Read the ignore files of ``rel_dir`` ('' for the root) once."""
+        if rel_dir in self._layers:
+            return
+        specs = []
+        names = IGNORE_FILES if self.settings.use_gitignore else (".moseignore",)
+        for name in names:
+            path = self.root / rel_dir / name
+            try:
+                lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError:
+                continue
+            specs.append(GitIgnoreSpec.from_lines(lines))
+        self._layers[rel_dir] = specs
+
+    def ignored(self, rel: str, is_dir: bool) -> bool:
+        probe = rel + "/" if is_dir else rel
+        if self._base.match_file(probe) or self._secrets.match_file(probe):
+            return True
+        parts = PurePosixPath(rel).parts
+        for depth in range(len(parts)):
+            rel_dir = "/".join(parts[:depth])
+            self.load_dir(rel_dir)
+            sub = "/".join(parts[depth:]) + ("/" if is_dir else "")
+            for spec in self._layers[rel_dir]:
+                if spec.match_file(sub):
+                    return True
+        return False
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def iter_files(root: Path, settings: Settings) -> Iterator[FileEntry]:
+    """Yield the workspace's indexable files (sorted, deterministic)."""
+    root = root.resolve()
+    rules = IgnoreRules(root, settings)
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        rules.load_dir(rel_dir)
+        try:
+            with os.scandir(root / rel_dir) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue  # unreadable or vanished folder: nothing to index there
+        subdirs = []
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                if entry.is_symlink():
+                    if entry.is_dir():
+                        continue  # never follow linked folders (loops, escapes)
+                    target = Path(entry.path).resolve()
+                    if not _inside(target, root):
+                        continue
+                    st = target.stat()
+                    if not stat.S_ISREG(st.st_mode) or rules.ignored(rel, False):
+                        continue
+                    yield FileEntry(rel, Path(entry.path), st.st_size, st.st_mtime_ns)
+                elif entry.is_dir(follow_symlinks=False):
+                    if not rules.ignored(rel, True):
+                        subdirs.append(rel)
+                elif entry.is_file(follow_symlinks=False):
+                    if rules.ignored(rel, False):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    yield FileEntry(rel, Path(entry.path), st.st_size, st.st_mtime_ns)
+            except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Path.resolve)
+                continue  # deleted during the scan, or unreadable metadata
+        stack.extend(reversed(subdirs))
+
+
+def relative_path(root: Path, path: Path) -> str | None:
+    """Workspace-relative posix path, or None when ``path`` is outside the workspace."""
+    root = root.resolve()
+    try:
+        rel = Path(os.path.abspath(path)).relative_to(root)
+    except ValueError:
+        try:
+            rel = path.resolve().relative_to(root)
+        except (ValueError, OSError):
+            return None
+    return rel.as_posix()
