@@ -1,0 +1,469 @@
+"""Encoders over a model directory: tokenise as the manifest says, run one ONNX exit, return vectors.
+
+``ModelEncoder`` owns the tokenizer and one lazily created ``ExitEncoder`` (an onnxruntime
+session) per exit. Pooling, projection and normalisation happen inside each exit's graph
+(``model_dir.py``), so encoding is: render the input template, tokenise, truncate, pad, run.
+
+Truncation keeps the template: the input is ``prefix + content + suffix`` (plus the tokenizer's
+own special tokens when the format asks for them) and only the content is cut, from its end,
+until the whole fits the exit's ``max_tokens``. The suffix is never cut because the pooled token
+(``<cls>``) may be its last token. A token that straddles the end of the content and the start of
+the suffix is kept with the suffix.
+
+Thread-safety: ``encode`` may be called from several threads at once (onnxruntime's ``run`` and
+the tokenizer are thread-safe; sessions are created under a lock).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from .errors import ModelDirError
+from .model_dir import (
+    ExitSpec,
+    InputFormat,
+    ModelDir,
+    default_model_path,
+    load_model_dir,
+    sha256_file,
+)
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding, Tokenizer
+
+log = logging.getLogger(__name__)
+
+KINDS = ("text", "code")
+INPUT_NAMES = ("input_ids", "attention_mask")
+OPTIONAL_INPUT_NAMES = ("token_type_ids",)  # fed zeros if an exported BERT graph kept it
+OUTPUT_NAME = "embedding"
+VERIFY_CACHE_FILE = "verified-model-files.json"
+VERIFY_CACHE_VERSION = 1
+VERIFY_CACHE_MAX_ENTRIES = 256
+
+
+def default_threads() -> int:
+    """Intra-op threads when the config sets none: min(4, usable cores)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+# -- opening and verifying a model directory ------------------------------------------------
+
+
+def default_verify_cache_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("mose")) / VERIFY_CACHE_FILE
+
+
+def _read_verify_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("ignoring unreadable checksum cache %s (%s); files will be re-hashed",
+                    path, err)
+        return {}
+    if not isinstance(data, dict) or data.get("version") != VERIFY_CACHE_VERSION:
+        return {}
+    files = data.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def _write_verify_cache(path: Path, files: dict[str, Any]) -> None:
+    live = {k: v for k, v in files.items() if Path(k).exists()}
+    if len(live) > VERIFY_CACHE_MAX_ENTRIES:  # keep the most recently verified
+        live = dict(sorted(live.items(), key=lambda kv: kv[1].get("at", 0))[
+            -VERIFY_CACHE_MAX_ENTRIES:])
+    payload = json.dumps({"version": VERIFY_CACHE_VERSION, "files": live}, indent=1)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".verified-", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except OSError as err:  # a read-only cache dir only costs re-hashing next time
+        log.warning("could not write checksum cache %s (%s)", path, err)
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    # ctime and inode change on any write or replacement, even one that restores the mtime.
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def verify_checksums(model_dir: ModelDir, cache_path: Path | None = None) -> int:
+    """Check every file the manifest lists against its checksum; return how many were hashed.
+
+    With ``cache_path``, a file whose (path, size, mtime_ns, ctime_ns, inode) match a previous
+    successful verification against the same checksum is not hashed again; any change to the
+    file, or to the checksum the manifest expects, forces a fresh hash.
+    """
+    manifest = model_dir.manifest
+    names = sorted({manifest.tokenizer, *(e.file for e in manifest.exits)})
+    cache = _read_verify_cache(cache_path) if cache_path is not None else {}
+    hashed = 0
+    changed = False
+    try:
+        for name in names:
+            target = (model_dir.path / name).resolve()
+            expected = manifest.files[name]
+            key = str(target)
+            stamp = _stamp(target)  # before hashing: a later change alters the stamp
+            entry = cache.get(key)
+            if (isinstance(entry, dict) and entry.get("stamp") == stamp
+                    and entry.get("sha256") == expected):
+                continue
+            hashed += 1
+            if sha256_file(target) != expected:
+                changed |= cache.pop(key, None) is not None
+                raise ModelDirError(
+                    f"{target} does not match the checksum in its manifest (the file is corrupt "
+                    f"or was replaced). Re-export the model with 'mose export' or restore the "
+                    f"file.")
+            cache[key] = {"stamp": stamp, "sha256": expected, "at": time.time()}
+            changed = True
+    finally:
+        if changed and cache_path is not None:
+            _write_verify_cache(cache_path, cache)
+    return hashed
+
+
+def open_model_dir(
+    path: str | Path | None = None,
+    *,
+    verify: bool = True,
+    cache_path: Path | None = None,
+    use_cache: bool = True,
+) -> ModelDir:
+    """Load and check a model directory (the embedded default when ``path`` is None).
+
+    Checksums are verified, with successful verifications remembered in ``cache_path``
+    (default: ``verified-model-files.json`` in the user cache folder) unless ``use_cache`` is
+    False.
+    """
+    if path is None:
+        root = default_model_path()
+        if not root.is_dir():
+            raise ModelDirError(
+                f"this installation of mose has no embedded default model (expected at {root}). "
+                f"Point the 'model' setting (or --model) at a model directory written by "
+                f"'mose export', or reinstall a mose build that ships the default model.")
+    else:
+        root = Path(path).expanduser()
+    model_dir = load_model_dir(root, verify=False)  # manifest, file presence, checksum entries
+    if verify:
+        cache = (cache_path or default_verify_cache_path()) if use_cache else None
+        verify_checksums(model_dir, cache)
+    return model_dir
+
+
+# -- one exit: an onnxruntime session ------------------------------------------------------
+
+
+class ExitEncoder:
+    """One exit's ONNX graph in an onnxruntime session: (B, T) ids and mask -> (B, D) vectors."""
+
+    def __init__(self, path: Path, spec: ExitSpec, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = path
+        self.spec = spec
+        self.threads = threads or default_threads()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options,
+                                                 providers=["CPUExecutionProvider"])
+        # onnxruntime raises its own Exception subclasses (InvalidProtobuf, Fail, ...).
+        except Exception as err:
+            raise ModelDirError(f"onnxruntime cannot load exit {spec.layer} from {path}: {err}. "
+                                f"Re-export the model with 'mose export'.") from err
+        inputs = {i.name for i in self._session.get_inputs()}
+        outputs = {o.name for o in self._session.get_outputs()}
+        unknown = inputs - set(INPUT_NAMES) - set(OPTIONAL_INPUT_NAMES)
+        if not set(INPUT_NAMES) <= inputs or unknown or OUTPUT_NAME not in outputs:
+            raise ModelDirError(
+                f"{path} does not follow the model-directory contract: inputs {sorted(inputs)} "
+                f"(expected {list(INPUT_NAMES)}), outputs {sorted(outputs)} (expected "
+                f"[{OUTPUT_NAME!r}]). Re-export the model with 'mose export'.")
+        self._token_types = "token_type_ids" in inputs
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """(B, T) int64, (B, T) int64 -> (B, D) float32, as the graph outputs it."""
+        assert input_ids.shape == attention_mask.shape and input_ids.ndim == 2, (
+            f"ids {input_ids.shape} and mask {attention_mask.shape} must be the same (B, T)")
+        feeds = {"input_ids": input_ids.astype(np.int64, copy=False),
+                 "attention_mask": attention_mask.astype(np.int64, copy=False)}
+        if self._token_types:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        out = self._session.run([OUTPUT_NAME], feeds)[0]  # (B, D)
+        if out.shape != (input_ids.shape[0], self.spec.dim):
+            raise ModelDirError(
+                f"exit {self.spec.layer} ({self.path}) returned shape {out.shape}; the manifest "
+                f"says (batch, {self.spec.dim}). Re-export the model.")
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# -- encode cost ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodeCost:
+    """Wall-clock cost of encoding ``items`` inputs (after a warm-up)."""
+
+    items: int
+    seconds: float
+    tokens: int | None = None  # total input tokens, when the encoder can tell
+
+    @property
+    def seconds_per_item(self) -> float:
+        return self.seconds / self.items if self.items else 0.0
+
+    @property
+    def seconds_per_1k(self) -> float:
+        return 1000.0 * self.seconds_per_item
+
+
+class _Encodes(Protocol):
+    def encode(self, texts: Sequence[str], kind: str, exit: int,
+               langs: Sequence[str] | None = None) -> np.ndarray: ...
+
+
+def timed_encode(
+    encoder: _Encodes,
+    texts: Sequence[str],
+    kind: str,
+    exit: int,
+    langs: Sequence[str] | None = None,
+    warmup: int = 8,
+) -> tuple[np.ndarray, EncodeCost]:
+    """Encode ``texts`` and time it; the first ``warmup`` items are encoded once before timing
+    (session creation and first-run allocations are not the steady cost)."""
+    if warmup and texts:
+        n = min(warmup, len(texts))
+        encoder.encode(list(texts[:n]), kind, exit, None if langs is None else list(langs[:n]))
+    start = time.perf_counter()
+    vectors = encoder.encode(texts, kind, exit, langs)
+    return vectors, EncodeCost(items=len(texts), seconds=time.perf_counter() - start)
+
+
+# -- the model: tokenizer + exits ------------------------------------------------------------
+
+
+def _load_tokenizer(path: Path) -> Tokenizer:
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    # tokenizers raises a bare Exception for a malformed file.
+    except Exception as err:
+        raise ModelDirError(f"cannot read the tokenizer {path}: {err}. Re-export the model "
+                            f"with 'mose export'.") from err
+    tokenizer.no_truncation()  # the runtime truncates by its own rules (keeping the suffix)
+    tokenizer.no_padding()
+    return tokenizer
+
+
+class ModelEncoder:
+    """The model of a model directory: ``encode(texts, kind, exit)`` -> (N, D) float32."""
+
+    def __init__(self, model_dir: ModelDir, threads: int | None = None) -> None:
+        self.model_dir = model_dir
+        self.manifest = model_dir.manifest
+        self.threads = threads or default_threads()
+        self._tokenizer = _load_tokenizer(model_dir.tokenizer_path)
+        self._exits: dict[int, ExitEncoder] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path | None = None,
+        *,
+        threads: int | None = None,
+        verify: bool = True,
+        cache_path: Path | None = None,
+        use_cache: bool = True,
+    ) -> ModelEncoder:
+        """Open a model directory (the embedded default when ``path`` is None); see
+        ``open_model_dir`` for checksum verification and its cache."""
+        model_dir = open_model_dir(path, verify=verify, cache_path=cache_path,
+                                   use_cache=use_cache)
+        return cls(model_dir, threads=threads)
+
+    # -- the small encoder interface shared with training (evaluate.Encoder) --
+
+    @property
+    def name(self) -> str:
+        return f"{self.manifest.name} {self.manifest.version}"
+
+    @property
+    def exits(self) -> tuple[int, ...]:
+        """Exported exit layers, shallow to deep."""
+        return tuple(sorted(e.layer for e in self.manifest.exits))
+
+    @property
+    def index_exit(self) -> int:
+        return self.manifest.index_exit
+
+    @property
+    def rerank_exit(self) -> int:
+        return self.manifest.rerank_exit
+
+    def dim(self, exit: int) -> int:
+        return self.manifest.exit(exit).dim
+
+    def session(self, exit: int) -> ExitEncoder:
+        """The exit's session, created on first use."""
+        session = self._exits.get(exit)
+        if session is None:
+            spec = self.manifest.exit(exit)
+            with self._lock:
+                session = self._exits.get(exit)
+                if session is None:
+                    session = ExitEncoder(self.model_dir.exit_path(exit), spec, self.threads)
+                    self._exits[exit] = session
+        return session
+
+    # -- tokenisation --
+
+    def _format(self, kind: str) -> InputFormat:
+        if kind == "text":
+            return self.manifest.text_format
+        if kind == "code":
+            return self.manifest.code_format
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each raw text, without template or special tokens (for sizing chunks)."""
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [len(e.ids) for e in encodings]
+
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        kind: str,
+        exit: int,
+        langs: Sequence[str] | None = None,
+    ) -> list[list[int]]:
+        """Token ids of each input as the exit receives them (template, specials, truncation)."""
+        fmt = self._format(kind)
+        max_tokens = self.manifest.exit(exit).max_tokens
+        langs = _check_langs(texts, langs)
+        rendered: list[str] = []
+        spans: list[tuple[int, int]] = []  # content [start, end) in the rendered string
+        for text, lang in zip(texts, langs):
+            prefix, suffix = fmt.render(text, lang)
+            rendered.append(prefix + text + suffix)
+            spans.append((len(prefix), len(prefix) + len(text)))
+        encodings = self._tokenizer.encode_batch(rendered, add_special_tokens=fmt.add_special_tokens)
+        out: list[list[int]] = []
+        for enc, (start, end) in zip(encodings, spans):
+            ids = enc.ids
+            if len(ids) > max_tokens:
+                ids = _truncate_content(enc, start, end, max_tokens, kind)
+            out.append(ids)
+        return out
+
+    # -- encoding --
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        kind: str,
+        exit: int,
+        langs: Sequence[str] | None = None,
+        batch_size: int = 32,
+    ) -> np.ndarray:
+        """(N, D) float32 embeddings of ``texts`` (L2-normalised when the exit says so), in the
+        order given. Inputs are sorted by length and batched with similar lengths together, so
+        padding is small; the result does not depend on ``batch_size``."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        session = self.session(exit)  # also checks that the exit exists
+        ids = self.tokenize(texts, kind, exit, langs)
+        out = np.empty((len(ids), session.spec.dim), dtype=np.float32)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        pad_id = self.manifest.pad_id
+        for begin in range(0, len(order), batch_size):
+            batch = order[begin:begin + batch_size]
+            width = max(len(ids[i]) for i in batch)
+            input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)  # (B, T)
+            mask = np.zeros((len(batch), width), dtype=np.int64)  # (B, T)
+            for row, i in enumerate(batch):
+                input_ids[row, :len(ids[i])] = ids[i]
+                mask[row, :len(ids[i])] = 1
+            out[batch] = session.run(input_ids, mask)
+        return out
+
+    def encode_cost(
+        self,
+        texts: Sequence[str],
+        kind: str,
+        exit: int,
+        langs: Sequence[str] | None = None,
+        batch_size: int = 32,
+        warmup: int = 8,
+    ) -> EncodeCost:
+        """Time ``encode`` on ``texts`` (after a warm-up of ``warmup`` items), with the token
+        count: the measurement behind the manifest's ``relative_cost`` and ``mose eval``."""
+        langs = _check_langs(texts, langs)
+        tokens = sum(len(i) for i in self.tokenize(texts, kind, exit, langs))
+        if warmup and texts:
+            self.encode(list(texts[:warmup]), kind, exit, list(langs[:warmup]), batch_size)
+        start = time.perf_counter()
+        self.encode(texts, kind, exit, langs, batch_size)
+        return EncodeCost(items=len(texts), seconds=time.perf_counter() - start, tokens=tokens)
+
+
+def _check_langs(texts: Sequence[str], langs: Sequence[str] | None) -> Sequence[str]:
+    if langs is None:
+        return [""] * len(texts)
+    if len(langs) != len(texts):
+        raise ValueError(f"got {len(langs)} languages for {len(texts)} texts")
+    return langs
+
+
+def _truncate_content(enc: Encoding, start: int, end: int, max_tokens: int, kind: str) -> list[int]:
+    """Drop content tokens from the end until the encoding fits ``max_tokens``.
+
+    Tokens are classified by their character offsets in the rendered string: added special
+    tokens (no sequence id) and tokens ending at or before ``start`` belong to the prefix or the
+    tokenizer's specials, tokens reaching past ``end`` to the suffix; the rest is content.
+    """
+    ids, offsets, seq = enc.ids, enc.offsets, enc.sequence_ids
+    is_content = [s is not None and start < o[1] <= end for s, o in zip(seq, offsets)]
+    n_content = sum(is_content)
+    keep = max_tokens - (len(ids) - n_content)
+    if keep < 0:
+        raise ModelDirError(
+            f"the {kind} input template and special tokens alone take {len(ids) - n_content} "
+            f"tokens, more than the exit's max_tokens ({max_tokens}); fix the model's manifest.")
+    out: list[int] = []
+    for token, content in zip(ids, is_content):
+        if content:
+            if keep == 0:
+                continue
+            keep -= 1
+        out.append(token)
+    return out
