@@ -108,6 +108,7 @@ class VectorIndex(Protocol):
     """What the store needs from a vector index. Ids are non-negative int64 labels."""
 
     dim: int
+    meta: dict[str, Any]  # caller metadata written by save() and read back by load()
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
 
@@ -322,6 +323,10 @@ class HnswIndex:
     un-deleted first). New ids reuse the slots of deleted ones (``allow_replace_deleted``), so
     a long editing session does not grow the graph without bound. The set of live ids is kept
     in Python: hnswlib has no call that says whether a label is deleted.
+
+    A query searches with ``ef = max(2k, params.ef_search)``. hnswlib's ``ef`` is one value for
+    the whole index, so it is changed under the write lock and only ever raised: a later query
+    with a smaller ``k`` searches a little wider than needed, never narrower.
     """
 
     KIND = "hnsw"

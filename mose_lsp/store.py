@@ -44,6 +44,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -263,6 +264,32 @@ def default_index_dir(workspace: Path | str) -> Path:
     return cache / "indexes" / f"{name}-{digest}"
 
 
+def remove_index(index_dir: Path | str) -> list[Path]:
+    """Delete a store's files (for ``mose index --rebuild``): the database with its WAL files
+    and the vector index with its sidecar. Other files are left alone, and the folder is
+    removed only if that leaves it empty. Close any open :class:`Store` on it first.
+    Returns the paths removed."""
+    folder = Path(index_dir).expanduser()
+    names = [DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal"]
+    for name in ANN_FILES.values():
+        names += [name, name + ".json"]
+    removed = []
+    for name in names:
+        path = folder / name
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise StoreError(f"cannot delete {path}: {err}") from err
+        removed.append(path)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (someone else's files) or already gone
+    return removed
+
+
 def _rel_path(path: str | PurePath) -> str:
     """Normalise a workspace-relative path to its posix string; refuse absolute or escaping."""
     text = path.as_posix() if isinstance(path, PurePath) else str(path)
@@ -317,7 +344,8 @@ class Store:
         self._wconn: sqlite3.Connection | None = None
         self._write_lock = threading.RLock()
         self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        # Weak: a reader thread's connection closes when the thread ends; close() closes the rest.
+        self._conns: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
         self._conns_lock = threading.Lock()
         self._generation = 0
         self._saved_generation: int | None = None
@@ -410,6 +438,7 @@ class Store:
             isolation_level=None,  # explicit BEGIN/COMMIT
             check_same_thread=False,  # each connection is used by one thread at a time
             timeout=_BUSY_TIMEOUT_MS / 1000,
+            factory=_Connection,
         )
         try:
             conn.execute("PRAGMA foreign_keys = ON")
@@ -426,7 +455,7 @@ class Store:
             conn.close()
             raise
         with self._conns_lock:
-            self._conns.append(conn)
+            self._conns.add(conn)
         return conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -573,7 +602,7 @@ class Store:
         except IndexFileError as err:
             reason = str(err)
         if ann is not None:
-            meta = getattr(ann, "meta", {})
+            meta = ann.meta
             expected = self._ann_meta()
             if meta != expected:
                 diff = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
@@ -1048,7 +1077,8 @@ class Store:
 
     def _close_connections(self) -> None:
         with self._conns_lock:
-            conns, self._conns = self._conns, []
+            conns = list(self._conns)
+            self._conns.clear()
         for conn in conns:
             try:
                 conn.close()
@@ -1133,6 +1163,10 @@ class Store:
         return self._writer().execute(
             "SELECT COUNT(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM vectors v "
             "WHERE v.chunk_id = c.id AND v.exit_layer = ?)", (exit_layer,)).fetchone()[0]
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (the base class cannot)."""
 
 
 class _Txn:

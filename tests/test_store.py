@@ -22,6 +22,7 @@ from mose_lsp.store import (
     FileMeta,
     Store,
     default_index_dir,
+    remove_index,
 )
 
 SHALLOW, DEEP = 2, 8
@@ -402,6 +403,13 @@ def test_corrupt_database_raises_actionable_store_error(tmp_path: Path) -> None:
         open_store(index_dir)
     message = str(info.value)
     assert str(index_dir) in message and "mose index --rebuild" in message
+    # What `mose index --rebuild` does: remove the store's files, then open afresh.
+    (index_dir / "notes.txt").write_text("not ours")
+    assert remove_index(index_dir)
+    assert [p.name for p in index_dir.iterdir()] == ["notes.txt"]
+    store = open_store(index_dir)
+    assert store.stats().files == 0
+    store.close()
 
 
 def test_damaged_database_pages_raise_store_error(tmp_path: Path) -> None:
@@ -445,9 +453,12 @@ def test_permissions_are_private(tmp_path: Path) -> None:
     index_dir = tmp_path / "deep" / "index"
     store = open_store(index_dir)
     put_file(store, "a.py", ["def a(): pass"])
-    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
     assert mode(index_dir) == 0o700
-    present = [p for p in index_dir.iterdir()]
+    present = list(index_dir.iterdir())
     assert {p.name for p in present} >= {"store.sqlite3", "store.sqlite3-wal", "store.sqlite3-shm"}
     store.flush()
     for p in index_dir.iterdir():
@@ -489,6 +500,17 @@ def test_model_change_drops_vectors_and_asks_for_reembedding(tmp_path: Path) -> 
                        rerank_exit=DEEP, model_id="another-model@sha256:bbbb")
     assert set(store.stats().vectors) == {SHALLOW}
     assert not store.needs_reembed
+    fill_deep_32 = store.chunks_missing_vectors(DEEP, 10)
+    store.put_vectors(DEEP, [p.chunk_id for p in fill_deep_32[:1]],
+                      np.ones((1, 32), np.float32))
+    store.close()
+
+    # Same model, another index exit: the cache is rebuilt from that exit's vectors and the
+    # chunks lacking one are reported.
+    store = Store.open(index_dir, dims={SHALLOW: 16, DEEP: 32}, index_exit=DEEP,
+                       model_id="another-model@sha256:bbbb")
+    assert store.rebuild_reason
+    assert store.ann.count() == 1 and store.needs_reembed
     store.close()
 
 
