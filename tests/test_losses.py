@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from mose_training.losses import (  # noqa: E402
+from mose_training.losses import (
     EmbeddingAnchor,
     ICCLoss,
     InfoNCELoss,
