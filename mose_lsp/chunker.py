@@ -19,18 +19,24 @@ How a parsed file is cut (languages.py says which syntax nodes are units, per la
 * modules and namespaces (Rust ``mod``, Ruby ``module``, TypeScript ``namespace``) are always
   split this way;
 * units with fewer than ``min_unit_lines`` non-blank lines are no chunk of their own: they
-  stay with the code around them (a one-line getter is part of its class's windows);
+  stay with the code around them (one-line getters are part of their class's windows), unless
+  such a unit is alone between blank lines, where it keeps its kind and name;
 * code outside every unit (module docstring, imports, constants, scripts) is grouped into
   "module" windows, so every line with a word on it is searchable. Windows of such code (and
   of text files) are packed from blank-line-separated blocks; a short last block is repeated
   at the start of the next window (a heading stays with its paragraph); blocks too large for
   one window are cut by lines with overlap, and a single line over ``max_chunk_bytes`` is cut
-  into pieces. Leftovers with no word but ``end`` (closing braces) are dropped;
+  into pieces;
+* dropped as noise: leftovers with no word but ``end``; a short leftover (under
+  ``min_unit_lines``) that opens with a closing bracket (``}  // namespace x``); inside a
+  split unit, any short leftover (a bare ``class Foo(Base):`` or ``mod tests {`` line, a lone
+  field or section comment), since the nested chunks' symbols already name the unit;
 * symbols are qualified by the enclosing units: ``ClassName.method``, ``outer.inner``,
   ``Outer.Inner.method``; a function inside a class-like unit has kind "method".
 
-Files with no parser, and files whose parse is mostly errors, are cut by the window splitter
-alone (kind "window").
+Files with no parser are cut by the window splitter alone (kind "window"). In files whose
+parse is mostly errors (``max_error_ratio``: macro-heavy C, a file in the wrong language) only
+the units that parsed cleanly are kept, and the rest is cut into "window" chunks.
 
 Which files are chunked at all is decided by ``chunk_file``/``chunk_source``: too large,
 binary, undecodable, minified, generated and unsupported files are skipped with a typed
@@ -135,7 +141,7 @@ class ChunkLimits:
     minified_avg_line_chars: int = 200  # ... and this average line length is "minified"
     binary_sniff_bytes: int = 8_192  # a NUL byte among the first this many means "binary"
     max_invalid_utf8_ratio: float = 0.05  # more replaced characters than this: "invalid-encoding"
-    max_error_ratio: float = 0.5  # parse errors over this share of the file: window splitter
+    max_error_ratio: float = 0.5  # parse errors on more of the lines: keep only clean units
 
     def __post_init__(self) -> None:
         problems = []
@@ -328,7 +334,7 @@ def chunk_file(
     text = decode_source(raw, limits)
     if isinstance(text, SkipReason):
         return ChunkResult((), text, language)
-    return chunk_source(rel, text, limits, language)
+    return chunk_source(rel, text, limits)  # detects again with the head: "#!", C++ ".h"
 
 
 def _unsupported(path: str) -> SkipReason:
@@ -340,9 +346,14 @@ def _unsupported(path: str) -> SkipReason:
 def _too_large(size: int, limits: ChunkLimits) -> SkipReason:
     return SkipReason(
         "too-large",
-        f"file is {size / 1e6:.1f} MB, over the {limits.max_file_bytes / 1e6:.1f} MB limit "
-        "(max_file_bytes)",
+        f"file is {_size(size)}, over the {_size(limits.max_file_bytes)} limit (max_file_bytes)",
     )
+
+
+def _size(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.1f} kB" if n >= 1_000 else f"{n} bytes"
 
 
 def _posix(path: str | PurePath) -> str:
@@ -376,22 +387,36 @@ def chunk_text(
     if spec is None or not data.strip():
         cutter.windows_of_file("window")
     else:
-        tree = get_parser(lang).parse(data)
-        root = tree.root_node
-        if _error_ratio(root, len(data)) > limits.max_error_ratio:
-            cutter.windows_of_file("window")
-        else:
-            cutter.module(_collect_units(cutter.src, spec, root, limits))
+        root = get_parser(lang).parse(data).root_node
+        if _error_ratio(root, cutter.src) <= limits.max_error_ratio:
+            cutter.module(_collect_units(cutter.src, spec, root, limits), "module")
+        else:  # errors everywhere: keep only the units that parsed cleanly
+            cutter.module(_collect_units(cutter.src, spec, root, limits, clean=True), "window")
     return sorted(cutter.out, key=lambda c: (c.start_byte, c.end_byte))
 
 
-def _error_ratio(root: Node, size: int) -> float:
+def _error_ratio(root: Node, src: _Source) -> float:
+    """The share of the file's lines that hold a parse error (ERROR or MISSING nodes)."""
+    if not root.has_error:
+        return 0.0
     if root.is_error:
         return 1.0
-    if not root.has_error or size == 0:
-        return 0.0
-    bad = sum(c.end_byte - c.start_byte for c in root.children if c.is_error or c.is_missing)
-    return bad / size
+    spans: list[tuple[int, int]] = []
+    stack = [root]
+    while stack:  # walks only the paths that lead to errors
+        for child in stack.pop().children:
+            if child.is_error or child.is_missing:
+                first = src.line_of(child.start_byte)
+                spans.append((first, src.line_of(max(child.start_byte, child.end_byte - 1))))
+            elif child.has_error:
+                stack.append(child)
+    spans.sort()
+    bad, reach = 0, -1
+    for first, last in spans:
+        if last > reach:
+            bad += last - max(first, reach + 1) + 1
+            reach = last
+    return bad / (src.last_line + 1)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -452,14 +477,18 @@ class _Unit:
     children: list[_Unit] = field(default_factory=list)
 
 
-ALWAYS_SPLIT_KINDS = frozenset({"module"})
+_ALWAYS_SPLIT_KINDS = frozenset({"module"})
 _MAX_DEPTH = 64  # units nested deeper than this are windowed whole (bounds recursion)
 
 
 def _collect_units(
-    src: _Source, spec: LanguageSpec, root: Node, limits: ChunkLimits
+    src: _Source, spec: LanguageSpec, root: Node, limits: ChunkLimits, clean: bool = False
 ) -> list[_Unit]:
-    """The units of a parsed file as a forest (outermost first, in file order)."""
+    """The units of a parsed file as a forest (outermost first, in file order).
+
+    With ``clean``, units containing a parse error are left out (their code becomes
+    leftovers; clean units nested in them stay).
+    """
     found: dict[tuple[int, int, str], tuple[int, str, Node]] = {}
     for pattern, captures in QueryCursor(get_query(spec.id)).matches(root):
         for kind, nodes in captures.items():
@@ -478,6 +507,8 @@ def _collect_units(
     stack: list[tuple[int, _Unit]] = []  # (end byte of the enclosing outer node, unit)
     namer = spec.namer
     for start, neg_end, kind, node, outer in outers:
+        if clean and node.has_error:
+            continue
         while stack and stack[-1][0] < -neg_end:
             stack.pop()
         parent = stack[-1][1] if stack else None
@@ -576,11 +607,12 @@ class _Cutter:
         for start, end in self._block_windows(0, src.last_line):
             self._emit(start, end, kind, None)
 
-    def module(self, units: list[_Unit]) -> None:
+    def module(self, units: list[_Unit], kind: str) -> None:
+        """Chunk a parsed file: its units, then its other code as windows of ``kind``."""
         for unit in units:
             if not unit.tiny:
                 self._unit(unit)
-        self._leftovers(0, self.src.last_line, units, 0, len(self.src.data), "module", None)
+        self._leftovers(0, self.src.last_line, units, 0, len(self.src.data), kind, None)
 
     # -- units
 
@@ -591,7 +623,7 @@ class _Cutter:
         )
 
     def _unit(self, unit: _Unit, depth: int = 0) -> None:
-        if self._fits(unit) and unit.kind not in ALWAYS_SPLIT_KINDS:
+        if self._fits(unit) and unit.kind not in _ALWAYS_SPLIT_KINDS:
             self._emit(unit.start, unit.end, unit.kind, unit.symbol)
             return
         nested = [c for c in unit.children if not c.tiny] if depth < _MAX_DEPTH else []

@@ -140,6 +140,9 @@ def _c_declarator_name(node: Node) -> Name | None:
     decl = node.child_by_field_name("declarator")
     while decl is not None and decl.type in _C_DECLARATOR_WRAPPERS:
         inner = decl.child_by_field_name("declarator")
+        if decl.type == "function_declarator" and inner is not None and inner.type == decl.type:
+            decl = inner  # a name made by a macro, TRANS(Open)(...): keep "TRANS(Open)"
+            break
         decl = inner if inner is not None else (decl.named_children or [None])[0]
     if decl is None:
         return None

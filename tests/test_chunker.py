@@ -451,13 +451,60 @@ def test_markdown_is_cut_at_blank_lines_with_headings_carried() -> None:
 
 
 def test_unknown_language_and_unparsable_code_use_the_window_splitter() -> None:
-    garbage = "}}} ((( ]]] <<< >>>\n" * 30
+    garbage = "}}} foo ((( ]]] <<< bar >>>\n" * 30
     chunks = chunk_text("broken.py", garbage)
     assert chunks and {c.kind for c in chunks} == {"window"}
     check_invariants(garbage, chunks)
+    java = read("InventoryService.java")  # a file in the wrong language
+    chunks = chunk_text("InventoryService.py", java)
+    assert {(c.kind, c.symbol) for c in chunks} == {("window", None)}
+    covered = {n for c in chunks for n in range(c.start_line, c.end_line + 1)}
+    assert {n for n, line in enumerate(java.split("\n")) if WORD.search(line)} <= covered
     notes = "first note\nsecond line\n\nanother paragraph\n"
     assert summary(chunk_text("notes", notes)) == [("window", None, 0, 3)]
     assert chunk_text("notes", notes)[0].language == "text"
+
+
+@pytest.mark.parametrize(
+    ("name", "good", "bad"),
+    [
+        ("ratelimit.py", "def try_acquire(self, cost: float = 1.0) -> bool:",
+         "def try_acquire(self, cost: float = 1.0 -> bool:"),
+        ("eventBus.js", "  publish(topic, payload) {", "  publish(topic, payload {"),
+        ("retry.go", "func (p Policy) Delay(n int) time.Duration {",
+         "func (p Policy) Delay(n int time.Duration {"),
+    ],
+)  # fmt: skip
+def test_a_half_typed_line_keeps_the_units(name: str, good: str, bad: str) -> None:
+    """While a user types, one broken line must not change how the rest of the file is cut."""
+    text = read(name)
+    limits = SMALL if name != "retry.go" else DEFAULT
+    edited = text.replace(good, bad)
+    assert edited != text
+    assert summary(chunk_text(name, edited, limits=limits)) == summary(
+        chunk_text(name, text, limits=limits)
+    )
+
+
+def test_clean_units_survive_a_mostly_broken_parse() -> None:
+    """An MFC message map is macro soup to the C++ grammar: most lines hold parse errors, and
+    the function that parsed cleanly is still a unit."""
+    entries = "".join(f"    ON_COMMAND(ID_TOOL_{i}, OnTool{i})\n" for i in range(40))
+    text = (
+        '#include "stdafx.h"\n#include "MainFrm.h"\n\n'
+        "BEGIN_MESSAGE_MAP(CMainFrame, CFrameWnd)\n    ON_WM_CREATE()\n"
+        + entries
+        + "END_MESSAGE_MAP()\n\n"
+        "int CMainFrame::OnCreate(LPCREATESTRUCT lpCreateStruct)\n{\n"
+        "    if (CFrameWnd::OnCreate(lpCreateStruct) == -1)\n        return -1;\n"
+        "    return 0;\n}\n"
+    )
+    chunks = chunk_text("MainFrm.cpp", text)
+    check_invariants(text, chunks)
+    assert summary(chunks) == [("window", None, 0, 45), ("method", "CMainFrame.OnCreate", 47, 52)]
+    # With errors tolerated, the macro lines are ordinary module code.
+    tolerant = chunk_text("MainFrm.cpp", text, limits=ChunkLimits(max_error_ratio=1.0))
+    assert summary(tolerant)[0] == ("module", None, 0, 45)
 
 
 def test_small_units_join_the_code_around_them() -> None:
@@ -627,6 +674,8 @@ def test_skip_reasons(tmp_path: Path, rel: str, content: bytes | str, code: str)
     assert result.chunks == ()
     assert result.skipped is not None and result.skipped.code == code
     assert result.skipped.message
+    if code == "too-large":
+        assert result.skipped.message == "file is 2.4 kB, over the 2.0 kB limit (max_file_bytes)"
 
 
 def test_unreadable_files_are_skipped_not_raised(tmp_path: Path) -> None:
@@ -656,6 +705,11 @@ def test_files_that_are_not_skipped(tmp_path: Path) -> None:
     assert result.skipped is None
     assert summary(list(result.chunks)) == [("module", None, 0, 0), ("function", "f", 2, 3)]
     assert "\ufffd" in result.chunks[0].text
+    # A C++ header named ".h" is parsed as C++.
+    write(tmp_path, "include/matrix.h", read("matrix.hpp"))
+    result = chunk_file(tmp_path, "include/matrix.h")
+    assert result.language == "cpp"
+    assert ("method", "Matrix.transposed", 41, 49) in summary(list(result.chunks))
     # A UTF-8 BOM is dropped; UTF-16 with a BOM is decoded.
     write(tmp_path, "bom.py", b"\xef\xbb\xbfdef g():\n    return 2\n")
     assert summary(list(chunk_file(tmp_path, "bom.py").chunks)) == [("function", "g", 0, 1)]
