@@ -1,0 +1,177 @@
+"""The indexer and searcher on a real workspace with the real model (ONNX exits)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import PLANTED_PY, make_workspace
+from mose_lsp.config import Settings
+from mose_lsp.indexer import OVERLAY_MTIME, WorkspaceIndex
+from mose_lsp.searcher import Query, Searcher
+
+
+def _open(root: Path, index_dir: Path, model, **settings) -> WorkspaceIndex:
+    config, warnings = Settings.from_dict({"index_dir": str(index_dir), **settings})
+    assert warnings == []
+    return WorkspaceIndex.open(root, config, model)
+
+
+def _snapshot(index: WorkspaceIndex) -> dict:
+    """Everything observable about a store's content, keyed by stable values (not ids)."""
+    store = index.store
+    files = {s.path: (s.content_hash, s.skip_code) for s in store.all_files()}
+    chunks = {}
+    for path in files:
+        for c in store.file_chunks(path):
+            key = (c.path, c.start_line, c.end_line, c.symbol, c.content_hash)
+            vec = store.get_vectors(index.index_exit, [c.id]).get(c.id)
+            chunks[key] = None if vec is None else np.round(vec, 4).tobytes()
+    live = set(int(i) for i in store.ann.ids())
+    ids = set()
+    for path in files:
+        ids |= {c.id for c in store.file_chunks(path)}
+    return {"files": files, "chunks": chunks, "ann_matches_sqlite": live == ids}
+
+
+def test_first_index_search_finds_planted_functions(workspace, tmp_path, model):
+    index = _open(workspace, tmp_path / "idx", model)
+    report = index.scan()
+    assert report.files_indexed == 6  # 4 stdlib modules + 2 planted (.env is a secret)
+    assert report.skipped == {"binary": 1, "unsupported": 1}
+    searcher = Searcher(index)
+    hits = searcher.search(Query("edit distance between two strings", k=3))
+    assert hits[0].path == "pkg/strings.py" and hits[0].symbol == "levenshtein_distance"
+    assert hits[0].start_line == 0 and hits[0].exit == index.rerank_exit
+    hits = searcher.search(Query("delay calling a function until input stops", k=3))
+    assert hits[0].path == "web/timing.js" and hits[0].symbol == "debounce"
+    # Filters: by language and by path glob.
+    py_only = searcher.search(Query("delay calling a function until input stops", k=5,
+                                    languages=("python",)))
+    assert py_only and all(h.language == "python" for h in py_only)
+    in_pkg = searcher.search(Query("split a shell command line", k=5, path_glob="pkg/*"))
+    assert [h.path for h in in_pkg] == ["pkg/strings.py"]
+    assert all(".env" not in s.path for s in index.store.all_files())
+    index.close()
+
+
+def test_incremental_updates_equal_a_fresh_index(workspace, tmp_path, model):
+    index = _open(workspace, tmp_path / "idx", model)
+    index.scan()
+    # Edit one function, delete a file, rename a file, add a file.
+    text = (workspace / "pkg" / "strings.py").read_text()
+    (workspace / "pkg" / "strings.py").write_text(
+        text + "\n\ndef shout(word: str) -> str:\n    \"\"\"Upper-case and exclaim.\"\"\"\n"
+               "    return word.upper() + '!'\n")
+    (workspace / "colorsys.py").unlink()
+    os.rename(workspace / "fnmatch.py", workspace / "globbing.py")
+    shutil.copyfile(workspace / "shlex.py", workspace / "pkg" / "shlex_copy.py")
+    report = index.scan()
+    assert report.files_deleted == 1 and report.files_renamed == 1
+    # The renamed file and the copy re-use nothing new from disk content: only the edited
+    # file's new chunk and the copy's chunks are embedded (the rename keeps its vectors).
+    copy_chunks = len(index.store.file_chunks("pkg/shlex_copy.py"))
+    assert report.chunks_embedded <= copy_chunks + 2
+    incremental = _snapshot(index)
+    index.close()
+
+    fresh = _open(workspace, tmp_path / "fresh", model)
+    fresh.scan()
+    expected = _snapshot(fresh)
+    fresh.close()
+    assert incremental["files"] == expected["files"]
+    assert incremental["chunks"].keys() == expected["chunks"].keys()
+    for key, vec in expected["chunks"].items():
+        assert vec is not None and incremental["chunks"][key] is not None
+        a = np.frombuffer(vec, np.float32)
+        b = np.frombuffer(incremental["chunks"][key], np.float32)
+        # Same text, same model; int8 dynamic quantisation scales activations per batch, so a
+        # chunk embedded in another batch differs slightly.
+        assert float(a @ b) > 0.995, key
+    assert incremental["ann_matches_sqlite"] and expected["ann_matches_sqlite"]
+
+
+def test_edit_keeps_deep_vectors_of_untouched_chunks(workspace, tmp_path, model):
+    index = _open(workspace, tmp_path / "idx", model)
+    index.scan()
+    while index.fill_deep(max_chunks=512):
+        pass
+    assert index.store.stats().deep_coverage == 1.0
+    path = workspace / "textwrap.py"
+    path.write_text(path.read_text() + "\n\ndef added_function():\n    return 42\n")
+    index.update_paths(["textwrap.py"])
+    missing = index.store.chunks_missing_vectors(index.rerank_exit, 100)
+    assert 1 <= len(missing) <= 2  # the new function (and a changed module window at most)
+    index.close()
+
+
+def test_unsaved_buffer_overlay_then_disk_wins(workspace, tmp_path, model):
+    index = _open(workspace, tmp_path / "idx", model)
+    index.scan()
+    searcher = Searcher(index)
+    new = PLANTED_PY + ("\n\ndef parse_roman_numeral(text: str) -> int:\n"
+                        "    \"\"\"Convert a Roman numeral such as XIV to an integer.\"\"\"\n"
+                        "    values = {'I': 1, 'V': 5, 'X': 10, 'L': 50, 'C': 100}\n"
+                        "    total = 0\n"
+                        "    for a, b in zip(text, text[1:] + ' '):\n"
+                        "        total += -values[a] if values.get(b, 0) > values[a] else values[a]\n"
+                        "    return total\n")
+    index.update_text("pkg/strings.py", new)
+    assert index.store.file_state("pkg/strings.py").mtime_ns == OVERLAY_MTIME
+    hits = searcher.search(Query("convert roman numerals to numbers", k=1))
+    assert hits[0].symbol == "parse_roman_numeral"
+    index.scan()  # the buffer was closed without saving: the disk version comes back
+    symbols = {c.symbol for c in index.store.file_chunks("pkg/strings.py")}
+    assert "parse_roman_numeral" not in symbols and "levenshtein_distance" in symbols
+    index.close()
+
+
+def test_similar_finds_a_copy_and_excludes_itself(workspace, tmp_path, model):
+    src = (workspace / "pkg" / "strings.py").read_text()
+    (workspace / "pkg" / "distance.py").write_text(
+        src.replace("levenshtein_distance", "edit_distance").replace("left", "a_str")
+           .replace("right", "b_str"))
+    index = _open(workspace, tmp_path / "idx", model)
+    index.scan()
+    hits = Searcher(index).similar("pkg/strings.py", 3, k=3)
+    assert hits[0].path == "pkg/distance.py" and hits[0].symbol == "edit_distance"
+    assert all(h.symbol != "levenshtein_distance" for h in hits)
+    index.close()
+
+
+def test_hnsw_cache_missing_or_corrupt_is_rebuilt(workspace, tmp_path, model):
+    index = _open(workspace, tmp_path / "idx", model)
+    index.scan()
+    before = _snapshot(index)
+    ann_files = [p for p in (tmp_path / "idx").iterdir() if "hnsw" in p.name or "npz" in p.name]
+    index.close()
+    assert ann_files
+    for p in ann_files:
+        p.write_bytes(b"garbage")
+    index = _open(workspace, tmp_path / "idx", model)
+    assert index.store.rebuild_reason
+    assert _snapshot(index) == before
+    hits = Searcher(index).search(Query("edit distance between two strings", k=1))
+    assert hits[0].symbol == "levenshtein_distance"
+    index.close()
+
+
+@pytest.mark.parametrize("bad", ["missing", "truncated"])
+def test_workspace_changes_while_closed(tmp_path, model, bad):
+    ws = make_workspace(tmp_path / ("ws-" + bad))
+    index = _open(ws, tmp_path / "idx", model)
+    index.scan()
+    index.close()
+    if bad == "missing":
+        (ws / "shlex.py").unlink()
+    else:
+        (ws / "shlex.py").write_text("def tiny():\n    return 1\n")
+    index = _open(ws, tmp_path / "idx", model)
+    index.scan()
+    paths = {s.path for s in index.store.all_files()}
+    assert ("shlex.py" in paths) == (bad != "missing")
+    index.close()
