@@ -430,6 +430,35 @@ def evaluate_bm25(suite: Suite, recall_ks: Sequence[int] = DEFAULT_RECALL_KS) ->
                          time.perf_counter() - start)
 
 
+@dataclass(frozen=True)
+class _Encoded:
+    """One exit's vectors for a suite."""
+
+    docs: np.ndarray  # (N, D)
+    queries: np.ndarray  # (Q, D)
+    cost: EncodeCost  # of encoding the corpus
+
+
+def _encode_suite(encoder: Encoder, suite: Suite, exit: int) -> _Encoded:
+    docs, cost = timed_encode(encoder, [d.text for d in suite.documents], "code", exit,
+                              [d.lang for d in suite.documents])
+    return _Encoded(docs, _encode_queries(encoder, suite, exit), cost)
+
+
+def _evaluate_pipeline(spec: PipelineSpec, shallow: _Encoded, deep: _Encoded,
+                       relevant: list[np.ndarray], recall_ks: tuple[int, ...]) -> PipelineResult:
+    ranks: list[np.ndarray] = []
+    for start, shallow_scores in _score_blocks(shallow.queries, shallow.docs):
+        deep_scores = deep.queries[start:start + len(shallow_scores)] @ deep.docs.T  # (B, N)
+        order = pipeline_order(shallow_scores, deep_scores, spec.k)
+        ranks.extend(ranks_from_order(order, relevant[start:start + len(shallow_scores)]))
+    shallow_ranks = dense_ranks(shallow.queries, shallow.docs, relevant)
+    candidate_recall = {k: recall_at(shallow_ranks, k)
+                        for k in sorted({*spec.candidate_ks, spec.k})}
+    return PipelineResult(spec.shallow, spec.deep, spec.k, Metrics.from_ranks(ranks, recall_ks),
+                          candidate_recall)
+
+
 def evaluate(
     encoder: Encoder | None,
     suite: Suite,
@@ -440,9 +469,13 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
 ) -> SuiteResult:
     """Score ``suite`` with each of ``exits`` (default: all), the optional two-stage
-    ``pipeline`` and the optional BM25 baseline. ``encoder=None`` runs BM25 alone."""
+    ``pipeline`` and the optional BM25 baseline. ``encoder=None`` runs BM25 alone.
+
+    Encode cost is the wall-clock time of encoding the corpus with each exit (after a short
+    warm-up), relative to the deepest exit encoded.
+    """
     say = progress or (lambda _msg: None)
-    recall_ks = tuple(sorted(set(recall_ks)))
+    ks = tuple(sorted(set(recall_ks)))
     relevant = suite.relevant_indices()
     exit_results: list[ExitResult] = []
     pipeline_result: PipelineResult | None = None
@@ -456,45 +489,30 @@ def evaluate(
                             f"{list(available)}")
         if pipeline is not None and pipeline.k < 1:
             raise MoseError(f"the pipeline needs k >= 1 candidates, got {pipeline.k}")
-        docs = [d.text for d in suite.documents]
-        langs = [d.lang for d in suite.documents]
-        doc_vecs: dict[int, np.ndarray] = {}
-        query_vecs: dict[int, np.ndarray] = {}
-        costs: dict[int, EncodeCost] = {}
+        encoded: dict[int, _Encoded] = {}
         for layer in sorted(wanted):
-            say(f"{suite.name}: encoding {len(docs)} documents with exit {layer}")
-            doc_vecs[layer], costs[layer] = timed_encode(encoder, docs, "code", layer, langs)
-            query_vecs[layer] = _encode_queries(encoder, suite, layer)
-        deepest = costs[max(wanted)].seconds_per_item
-        ranks_of: dict[int, list[np.ndarray]] = {}
+            say(f"{suite.name}: encoding {len(suite.documents)} documents and "
+                f"{len(suite.queries)} queries with exit {layer}")
+            encoded[layer] = _encode_suite(encoder, suite, layer)
+        deepest = encoded[max(wanted)].cost.seconds_per_item
         for layer in chosen:
-            ranks_of[layer] = dense_ranks(query_vecs[layer], doc_vecs[layer], relevant)
-            exit_results.append(ExitResult(
-                layer, Metrics.from_ranks(ranks_of[layer], recall_ks), costs[layer],
-                costs[layer].seconds_per_item / deepest if deepest > 0 else None))
+            e = encoded[layer]
+            ranks = dense_ranks(e.queries, e.docs, relevant)
+            relative = e.cost.seconds_per_item / deepest if deepest > 0 else None
+            exit_results.append(ExitResult(layer, Metrics.from_ranks(ranks, ks), e.cost,
+                                           relative))
         if pipeline is not None:
             say(f"{suite.name}: two-stage pipeline {pipeline.shallow}->{pipeline.deep}, "
                 f"k={pipeline.k}")
-            ranks: list[np.ndarray] = []
-            for start, shallow in _score_blocks(query_vecs[pipeline.shallow],
-                                                doc_vecs[pipeline.shallow]):
-                deep = query_vecs[pipeline.deep][start:start + len(shallow)] @ \
-                    doc_vecs[pipeline.deep].T
-                order = pipeline_order(shallow, deep, pipeline.k)
-                ranks.extend(ranks_from_order(order, relevant[start:start + len(shallow)]))
-            shallow_ranks = ranks_of.get(pipeline.shallow) or dense_ranks(
-                query_vecs[pipeline.shallow], doc_vecs[pipeline.shallow], relevant)
-            pipeline_result = PipelineResult(
-                pipeline.shallow, pipeline.deep, pipeline.k, Metrics.from_ranks(ranks, recall_ks),
-                {k: recall_at(shallow_ranks, k) for k in sorted({*pipeline.candidate_ks,
-                                                                  pipeline.k})})
+            pipeline_result = _evaluate_pipeline(pipeline, encoded[pipeline.shallow],
+                                                 encoded[pipeline.deep], relevant, ks)
     bm25_result = None
     if bm25:
         say(f"{suite.name}: BM25 baseline")
-        bm25_result = evaluate_bm25(suite, recall_ks)
+        bm25_result = evaluate_bm25(suite, ks)
     return SuiteResult(suite.name, len(suite.documents), len(suite.queries),
                        encoder.name if encoder is not None else None, tuple(exit_results),
-                       pipeline_result, bm25_result, recall_ks)
+                       pipeline_result, bm25_result, ks)
 
 
 # -- output ----------------------------------------------------------------------------------
