@@ -170,7 +170,7 @@ def test_decontamination_drops_planted_items_and_counts_per_suite(eval_dir):
     ]
     kept, report = dedup_records(records, eval_dir=eval_dir)
     assert [r["group"] for r in kept] == ["d"]
-    assert report.decontaminated == 4
+    assert report.decontaminated == 4 and report.decontaminated_groups == 3
     assert report.decontaminated_by_suite == {"nl-dev": 3, "x-dev/python-java": 1}
     assert report.eval_texts == 4
     assert report.to_dict()["kept_by"] == {"?/docstring": 1}

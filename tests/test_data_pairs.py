@@ -551,6 +551,8 @@ def test_first_paragraph_stops_at_tags_and_sections():
     assert first_paragraph("Compute.\nArgs:\n  x: y") == "Compute."
     assert first_paragraph("Compute things.\n>>> f(1)\n2") == "Compute things."
     assert first_paragraph("Fast path.\n# Examples\n```\nx\n```") == "Fast path."
+    assert first_paragraph("\\brief Sum of a vector.\n\\param v the vector") == "Sum of a vector."
+    assert first_paragraph("@brief Sum of a vector.\n@param v the vector") == "Sum of a vector."
 
 
 def test_clean_query_rejects_short_and_noise():
@@ -558,6 +560,9 @@ def test_clean_query_rejects_short_and_noise():
     assert clean_query("TODO: make this faster later on") is None
     assert clean_query("{@inheritDoc}") is None
     assert clean_query("Deprecated: use parse_all instead of this") is None
+    assert clean_query("See the documentation of Foo for the details.") is None
+    assert clean_query("Implementation copied from the reference library.") is None
+    assert clean_query("Seek to the given offset in the file.") is not None
     assert clean_query("Return the sum of the values.") == "Return the sum of the values."
 
 

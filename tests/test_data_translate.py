@@ -281,3 +281,33 @@ def test_unreachable_endpoint_is_retried_then_fails():
                                             max_retries=1, timeout=2, sleep=waits.append)
     assert translator.translate([TranslationRequest(PY_FUNC, "python", "go")]) == [None]
     assert len(waits) == 1
+
+
+def test_translate_command_writes_triplets_code_pairs_and_manifest(tmp_path):
+    import typer
+    from mose_training.data.cli import register
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """stand-in for mose train"""
+
+    register(app)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in pair_records(2)))
+    out = tmp_path / "synth.jsonl"
+    with FakeServer(ANSWERS) as server:
+        result = CliRunner().invoke(app, [
+            "data", "translate", str(pairs), "--out", str(out), "--base-url", server.url,
+            "--model", "coder", "--targets", "go,java", "--per-function", "2",
+            "--concurrency", "1"])
+    assert result.exit_code == 0, result.output
+    triplets = [json.loads(x) for x in out.read_text().splitlines()]
+    code_pairs = [json.loads(x) for x in (tmp_path / "synth.code_pairs.jsonl")
+                  .read_text().splitlines()]
+    assert len(triplets) == len(code_pairs) == 4
+    assert {p["lang"] for p in code_pairs} == {"go", "java"}
+    manifest = json.loads((tmp_path / "synth.manifest.json").read_text())
+    assert manifest["accepted_total"] == 4 and manifest["translator"]["model"] == "coder"

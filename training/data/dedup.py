@@ -267,6 +267,8 @@ class DedupReport:
     near_duplicates: int = 0
     groups: int = 0
     decontaminated: int = 0
+    decontaminated_groups: int = 0  # functions (groups) dropped with all their records
+    #: records whose own text copies a text of the suite (one record may count for several)
     decontaminated_by_suite: Counter = field(default_factory=Counter)
     decontaminated_by_field: Counter = field(default_factory=Counter)
     eval_texts: int = 0
@@ -275,6 +277,7 @@ class DedupReport:
     def to_dict(self) -> dict[str, Any]:
         return {"input": self.input, "kept": self.kept, "near_duplicates": self.near_duplicates,
                 "groups": self.groups, "decontaminated": self.decontaminated,
+                "decontaminated_groups": self.decontaminated_groups,
                 "decontaminated_by_suite": dict(sorted(self.decontaminated_by_suite.items())),
                 "decontaminated_by_field": dict(self.decontaminated_by_field),
                 "eval_texts": self.eval_texts,
@@ -437,6 +440,7 @@ class Decontaminator:
                 continue
             kept.append(rec)
         report.decontaminated += len(records) - len(kept)
+        report.decontaminated_groups += len(bad_groups)
         return kept
 
 

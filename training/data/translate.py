@@ -144,6 +144,7 @@ class HFCausalLMTranslator:
             raise MissingExtraError("translation with a local model", "train", err.name) from err
         tok = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
         tok.padding_side = "left"  # generation continues after the prompt
+        tok.truncation_side = "left"  # an over-long prompt keeps its end (the answer's start)
         if tok.pad_token is None:
             if tok.eos_token is None:
                 raise DataError(f"the tokenizer in {self.model_dir} has neither a pad nor an eos "
