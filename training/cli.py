@@ -59,9 +59,10 @@ def _config_class(name: str):
 
 def _run(name: str, config: Path, overrides: list[str] | None, resume: Path | None) -> None:
     try:
+        module = _recipe_module(name)  # checks torch first
+
         from .recipes.common import load_config
 
-        module = _recipe_module(name)
         cfg = load_config(_config_class(name), config, overrides or [])
         recipe = module.run(cfg, resume_from=resume)
     except MoseError as err:
@@ -98,11 +99,12 @@ def show_config(
         typer.echo(f"error: recipe must be one of {', '.join(RECIPES)}, got {recipe!r}", err=True)
         raise typer.Exit(1)
     try:
+        cls = _config_class(recipe)  # checks torch first
         import yaml
 
         from .recipes.common import config_to_dict, load_config
 
-        cfg = load_config(_config_class(recipe), config, set_ or [])
+        cfg = load_config(cls, config, set_ or [])
     except MoseError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

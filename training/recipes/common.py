@@ -123,14 +123,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
-        errors = []
+        errors: dict[Any, ConfigError] = {}
         for option in options:
             if option is type(None):
                 continue
             try:
                 return _coerce(value, option, key)
             except ConfigError as err:
-                errors.append(str(err))
+                errors[option] = err
+        # one real option, or a mapping for a section: its own error says which key is wrong
+        sections = [o for o in errors if dataclasses.is_dataclass(o)]
+        if len(errors) == 1 or (isinstance(value, Mapping) and len(sections) == 1):
+            raise errors[sections[0] if len(errors) > 1 else next(iter(errors))]
         raise ConfigError(f"config key {key!r}: {value!r} fits none of "
                           f"{' | '.join(_type_name(o) for o in options)}")
     if origin is Literal:

@@ -229,6 +229,7 @@ class FinetuneRecipe:
         common.setup_logging(self.dist)
         common.seed_everything(cfg.seed)  # the same initial weights on every rank
         resume_dir = common.resolve_resume(resume_from) if resume_from else None
+        self.pairs = read_pairs(cfg.data.train, cfg.data.kinds, cfg.data.max_pairs)
 
         model, tokenizer_path = common.build_model(cfg.model, pretraining=False)
         if tokenizer_path is None:
@@ -281,7 +282,6 @@ class FinetuneRecipe:
     def _build_data(self) -> None:
         cfg = self.config
         d = cfg.data
-        self.pairs = read_pairs(d.train, d.kinds, d.max_pairs)
         limit = self.encoder.export_info().max_tokens
         if max(d.query_max_tokens, d.code_max_tokens) > limit:
             raise ConfigError(f"data.query_max_tokens/code_max_tokens exceed the model's "

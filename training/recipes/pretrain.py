@@ -256,6 +256,7 @@ class PretrainRecipe:
         common.setup_logging(self.dist)
         common.seed_everything(cfg.seed)  # the same initial weights on every rank
         resume_dir = common.resolve_resume(resume_from) if resume_from else None
+        self.repos = load_repositories(cfg.data)
 
         if resume_dir is not None:  # the checkpoint's weights and tokenizer
             model, tokenizer_path = common.build_model(
@@ -266,7 +267,6 @@ class PretrainRecipe:
         if getattr(model, "kind", None) != "mose-starcoder2":
             raise ConfigError("pretraining needs the mose-starcoder2 family")
         self.encoder = model
-        self.repos = load_repositories(cfg.data)
         self.tokenizer, self.tokenizer_path = self._tokenizer(tokenizer_path)
         self._check_tokenizer()
         self._build_data()
@@ -302,14 +302,13 @@ class PretrainRecipe:
                               "trained on the corpus only for presets whose special ids are "
                               "pad=0, sep=1, cls=2, mask=3")
         size = self.config.data.tokenizer_vocab_size or config.vocab_size
-        texts = (d.content for r in self.repos for d in r.documents)
-        tokenizer = train_tokenizer(texts, size)
         out = Path(self.config.output_dir) / "tokenizer.json"
-        if self.dist.is_main:
+        if self.dist.is_main:  # trained once; the other ranks read the same file
+            texts = (d.content for r in self.repos for d in r.documents)
             out.parent.mkdir(parents=True, exist_ok=True)
-            tokenizer.save(str(out))
+            train_tokenizer(texts, size).save(str(out))
         common.barrier(self.dist)
-        return tokenizer, out
+        return Tokenizer.from_file(str(out)), out
 
     def _check_tokenizer(self) -> None:
         c, tok = self.encoder.config, self.tokenizer
