@@ -7,9 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mose_training.base import ExportInfo, l2_normalize, pool  # noqa: E402
-from mose_training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from mose_training.hf_adapter import (  # noqa: E402
+from mose_training.base import ExportInfo, l2_normalize, pool
+from mose_training.checkpoint import load_checkpoint, save_checkpoint
+from mose_training.hf_adapter import (
     BASE_MODELS,
     AdapterError,
     HFMultiExitEncoder,
@@ -19,8 +19,8 @@ from mose_training.hf_adapter import (  # noqa: E402
 TEXTS = [
     "def add(a, b):\n    return a + b",
     "read a json file and return a dictionary",
-    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n"
-    "        self.items.append(x)",
+    ("class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n"
+    "        self.items.append(x)"),
     "x",
 ]
 

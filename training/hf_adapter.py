@@ -189,7 +189,7 @@ class HFMultiExitEncoder(MultiExitEncoder):
                                f"encoder.layer); the hf-adapter supports BERT-family encoders")
         self.backbone = backbone
         num_layers = len(backbone.encoder.layer)
-        exits = tuple(sorted(set(int(e) for e in exit_layers)))
+        exits = tuple(sorted({int(e) for e in exit_layers}))
         bad = [e for e in exits if not 1 <= e <= num_layers]
         if not exits or bad:
             raise AdapterError(f"exit layers {list(exit_layers)} must be within 1..{num_layers} "
