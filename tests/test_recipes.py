@@ -16,6 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from mose_training.recipes import common
 from mose_training.recipes.common import (
     ShardedBatches,
     apply_overrides,
@@ -236,6 +237,34 @@ def test_sharded_batches_partition_and_resume():
     assert [next(a) for _ in range(5)] == [next(b) for _ in range(5)]
     with pytest.raises(ConfigError):
         ShardedBatches(5, 8)
+
+
+def test_checkpoint_folders_resolve_and_prune(tmp_path):
+    for step in (1, 2, 3):
+        folder = common.step_dir(tmp_path, step)
+        folder.mkdir(parents=True)
+        common.save_trainer_state(folder, {"step": step, "rng": [common.rng_state()]})
+    assert common.resolve_resume(tmp_path) == common.step_dir(tmp_path, 3)
+    state = common.load_trainer_state(common.step_dir(tmp_path, 2))  # weights_only loading
+    assert state["step"] == 2
+    common.set_rng_state(state["rng"][0])
+    common.prune_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-0000002", "step-0000003"]
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        common.resolve_resume(tmp_path / "elsewhere")
+
+
+def test_rng_state_round_trip():
+    import random
+
+    import numpy as np
+
+    common.seed_everything(5)
+    state = common.rng_state()
+    first = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    common.set_rng_state(state)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == first
 
 
 def test_read_pairs(tmp_path):

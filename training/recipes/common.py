@@ -14,7 +14,9 @@ Checkpoint folder (``<output_dir>/checkpoints/step-0000100/``)::
     trainer_state.pt      optimiser, scheduler, step, data position, RNG states of every rank
                           (tensors and primitive containers only: torch.load(weights_only=True))
     recipe_config.yaml    the resolved config the run used
-    <recipe extras>       e.g. pretraining_heads.safetensors
+
+(a MoSE model's shared pretraining heads are part of its state dict). The final model goes to
+``<output_dir>/final/`` without trainer state; ``metrics.jsonl`` holds the logged steps.
 """
 
 from __future__ import annotations
@@ -40,11 +42,16 @@ import torch
 import yaml
 from torch import nn
 
-from mose_lsp.errors import ConfigError
+from mose_lsp.errors import ConfigError, MoseError
 
 from ..checkpoint import save_checkpoint
 
 log = logging.getLogger("mose.train")
+
+
+class TrainingError(MoseError):
+    """Training cannot go on (for example the loss became NaN)."""
+
 
 TRAINER_STATE = "trainer_state.pt"
 RECIPE_CONFIG = "recipe_config.yaml"
@@ -488,11 +495,16 @@ def autocast(dist: DistInfo, precision: str):
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Ask the model (MoSE: ``set_gradient_checkpointing``; hf-adapter: its transformers
-    backbone's ``gradient_checkpointing_enable``) to recompute activations in backward."""
+    backbone's ``activation_checkpointing_enable``, ``gradient_checkpointing_enable`` before
+    transformers 5) to recompute activations in backward."""
     if hasattr(model, "set_gradient_checkpointing"):
         model.set_gradient_checkpointing(True)
         return
     for target in (model, getattr(model, "backbone", None)):
+        method = getattr(target, "activation_checkpointing_enable", None)
+        if method is not None:
+            method(activation_checkpointing_kwargs={"use_reentrant": False})
+            return
         method = getattr(target, "gradient_checkpointing_enable", None)
         if method is not None:
             method(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -550,9 +562,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device
-                    ) -> torch.optim.Optimizer:
-    fused = device.type == "cuda"
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device,
+                    sharded: bool = False) -> torch.optim.Optimizer:
+    """AdamW over ``param_groups`` (fused kernel on CUDA unless parameters are FSDP shards)."""
+    fused = device.type == "cuda" and not sharded
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                              betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, fused=fused)
 

@@ -253,7 +253,9 @@ class FinetuneRecipe:
         model.to(self.dist.device)
         self.module = common.wrap_model(DualEncoder(model), self.dist, cfg.train.distributed)
         common.seed_everything(cfg.seed + self.dist.rank)  # dropout differs across ranks
-        self.optimizer = common.build_optimizer(self.module, cfg.optim, self.dist.device)
+        self.optimizer = common.build_optimizer(
+            self.module, cfg.optim, self.dist.device,
+            sharded=self.dist.distributed and cfg.train.distributed == "fsdp")
         self.scheduler = common.build_scheduler(self.optimizer, cfg.optim, cfg.train.max_steps)
         self.loss = self._build_loss(model)
         self.metrics = common.MetricsLog(cfg.output_dir, self.dist.is_main,
@@ -365,7 +367,8 @@ class FinetuneRecipe:
                                               self.config.optim.max_grad_norm)
         self.step += 1
         if not all(math.isfinite(v) for v in sums.values()):
-            raise FloatingPointError(f"non-finite loss at step {self.step}: {sums}")
+            raise common.TrainingError(f"non-finite loss at step {self.step}: {sums}; lower "
+                                       f"optim.lr or check the data")
         record = {"step": self.step, "lr": lr, "grad_norm": grad_norm, **sums}
         self.history.append(record)
         return record

@@ -99,6 +99,12 @@ class PretrainConfig:
                               "and sum to at most 1")
         if d.context_length < 8 or d.num_samples < 1:
             raise ConfigError("data.context_length must be >= 8 and data.num_samples >= 1")
+        if not 0 <= d.p_different <= 1:
+            raise ConfigError(f"data.p_different must be in [0, 1], got {d.p_different}")
+        if d.negative_mode not in ("split", "mixed"):
+            raise ConfigError(f"data.negative_mode {d.negative_mode!r} is not split or mixed")
+        if d.snippet_unit not in ("window", "chunk"):
+            raise ConfigError(f"data.snippet_unit {d.snippet_unit!r} is not window or chunk")
 
 
 # ============================================================================================
@@ -279,7 +285,9 @@ class PretrainRecipe:
         self.module = common.wrap_model(MoSEPretrainingModule(model), self.dist,
                                         cfg.train.distributed)
         common.seed_everything(cfg.seed + self.dist.rank)  # dropout differs across ranks
-        self.optimizer = common.build_optimizer(self.module, cfg.optim, self.dist.device)
+        self.optimizer = common.build_optimizer(
+            self.module, cfg.optim, self.dist.device,
+            sharded=self.dist.distributed and cfg.train.distributed == "fsdp")
         self.scheduler = common.build_scheduler(self.optimizer, cfg.optim, cfg.train.max_steps)
         num_layers = cfg.loss.num_layers or model.config.num_hidden_layers
         self.loss = MultiExitLoss(PretrainingLoss(cfg.loss.mlm_weight, cfg.loss.icc_weight),
@@ -400,7 +408,8 @@ class PretrainRecipe:
                                               self.config.optim.max_grad_norm)
         self.step += 1
         if not all(math.isfinite(v) for v in sums.values()):
-            raise FloatingPointError(f"non-finite loss at step {self.step}: {sums}")
+            raise common.TrainingError(f"non-finite loss at step {self.step}: {sums}; lower "
+                                       f"optim.lr or check the data")
         record = {"step": self.step, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, **sums}
         self.history.append(record)
         return record
