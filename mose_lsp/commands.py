@@ -294,3 +294,5 @@ def status_command(
         typer.echo(f"  {p}: {c} ({m})")
     if len(skips) > len(shown):
         typer.echo(f"  ... {len(skips) - len(shown)} more (--skipped lists all)")
+
+from .serve_cli import register as _register_serve; _register_serve(app)

@@ -111,6 +111,11 @@ class WorkspaceIndex:
     def close(self) -> None:
         self.store.close()
 
+    def reload_rules(self) -> None:
+        """Read the ignore files again (the server calls this when a .gitignore or .moseignore
+        changed; ``scan`` always reads them afresh)."""
+        self._rules = IgnoreRules(self.root, self.settings)
+
     # -- reading files
 
     def _read(self, entry: FileEntry) -> tuple[FileMeta, ChunkResult]:
