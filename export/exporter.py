@@ -14,6 +14,7 @@ export leaves nothing half-written.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
 import shutil
@@ -103,15 +104,28 @@ def load_source(source: str | Path, exits: Sequence[int] | None = None) -> Loade
     if tokenizer is None:
         raise ExportError(f"{root} has no {TOKENIZER}. Copy the tokenizer the model was "
                           f"trained with into the checkpoint folder and export again.")
-    weights = root / WEIGHTS_FILE
     provenance = {"source": root.name, "kind": getattr(model, "kind", type(model).__name__),
-                  "weights": sha256_file(weights) if weights.is_file() else None}
+                  **_weights_digest(root, WEIGHTS_FILE)}
     if exits:
         unknown = sorted(set(exits) - set(model.exit_layers))
         if unknown:
             raise ExportError(f"{root.name} has no exits at layers {unknown}; its exits are "
                               f"{list(model.exit_layers)}")
     return LoadedSource(model, Path(tokenizer), provenance)
+
+
+def _weights_digest(root: Path, single: str) -> dict[str, Any]:
+    """Checksum of the weights a checkpoint folder holds (one file, or the shards together)."""
+    files = [root / single] if (root / single).is_file() else sorted(
+        [*root.glob("*.safetensors"), *root.glob("pytorch_model*.bin")])
+    if not files:
+        return {"weights": None}
+    if len(files) == 1:
+        return {"weights": sha256_file(files[0])}
+    combined = hashlib.sha256("\n".join(f"{f.name} {sha256_file(f)}" for f in files).encode())
+    return {"weights": "sha256:" + combined.hexdigest(),
+            "weights_digest": "sha256 of the lines '<file> <sha256>' of the shards, in order",
+            "weight_files": [f.name for f in files]}
 
 
 def _write_tokenizer(src: Path, dst: Path) -> None:

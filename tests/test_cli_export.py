@@ -92,3 +92,13 @@ def test_real_console_script_runs_the_sub_app():
                              check=False,
                              text=True, env=env, timeout=60)
     assert missing.returncode == 2 and "--out" in missing.stderr
+
+
+def test_missing_torch_names_the_extra_to_install(tmp_path):
+    code = ("import sys; sys.modules['torch'] = None; from mose_lsp.cli import main; "
+            f"main(['export', 'all-minilm-l6-v2', '--out', {str(tmp_path / 'm')!r}])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False, timeout=60)
+    assert result.returncode == 1
+    assert "pip install 'mose[train]'" in result.stderr and "torch" in result.stderr
+    assert not (tmp_path / "m").exists()

@@ -165,15 +165,6 @@ def test_corrupted_file_is_refused(minilm, float_dir, tmp_path):
         verify_model_dir(minilm, broken)
 
 
-def test_wrong_file_with_valid_checksums_fails_parity(minilm, float_dir, tmp_path):
-    swapped = tmp_path / "swapped"
-    shutil.copytree(float_dir, swapped)
-    shutil.copyfile(swapped / "layer2.onnx", swapped / "layer6.onnx")  # exit 6 now computes layer 2
-    write_manifest(swapped, load_model_dir(swapped, verify=False).manifest)
-    with pytest.raises(ParityError, match="exit 6"):
-        verify_model_dir(minilm, swapped)
-
-
 def test_refuses_non_empty_out_and_bad_options(tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
@@ -218,10 +209,17 @@ def tiny(tmp_path_factory):
     return model, folder / "ckpt"
 
 
-def test_tiny_mose_checkpoint_exports_with_parity(tiny, tmp_path):
-    model, checkpoint = tiny
-    out = tmp_path / "tiny"
-    result = export_model(checkpoint, out, int8=False, index_exit=4, rerank_exit=4)
+@pytest.fixture(scope="module")
+def tiny_dir(tiny, tmp_path_factory):
+    """The tiny checkpoint exported in float, both exits, the deep one for both roles."""
+    _, checkpoint = tiny
+    out = tmp_path_factory.mktemp("tiny-export") / "tiny"
+    return export_model(checkpoint, out, int8=False, index_exit=4, rerank_exit=4)
+
+
+def test_tiny_mose_checkpoint_exports_with_parity(tiny, tiny_dir):
+    model, _ = tiny
+    result, out = tiny_dir, tiny_dir.path
     m = load_model_dir(out).manifest
     info = model.export_info()
     assert [e.layer for e in m.exits] == list(model.exit_layers) == [2, 4]
@@ -249,6 +247,16 @@ def test_tiny_mose_int8_export_keeps_cosine_and_enforces_it(tiny, tmp_path):
     assert not (tmp_path / "strict").exists()
 
 
+def test_wrong_file_with_valid_checksums_fails_parity(tiny, tiny_dir, tmp_path):
+    model, _ = tiny
+    swapped = tmp_path / "swapped"
+    shutil.copytree(tiny_dir.path, swapped)
+    shutil.copyfile(swapped / "layer2.onnx", swapped / "layer4.onnx")  # exit 4 computes layer 2
+    write_manifest(swapped, load_model_dir(swapped, verify=False).manifest)
+    with pytest.raises(ParityError, match="exit 4"):
+        verify_model_dir(model, swapped)
+
+
 def test_failed_export_leaves_nothing_behind(tiny, tmp_path):
     _, checkpoint = tiny
     out = tmp_path / "never"
@@ -263,3 +271,17 @@ def test_checkpoint_without_the_requested_exit_is_refused(tiny, tmp_path):
     with pytest.raises(ExportError, match=r"no exits at layers \[3\]"):
         export_model(checkpoint, tmp_path / "out", exits=(3,))
     assert not (tmp_path / "out").exists()
+
+
+def test_released_layout_folder_exports(tiny, tmp_path):
+    """A folder in the released ModularStarEncoder layout (config.json + sharded safetensors)."""
+    released = pytest.importorskip("mose_training.released")
+    model, checkpoint = tiny
+    folder = released.write_released_layout(model, tmp_path / "released", shards=2)
+    shutil.copyfile(checkpoint / "tokenizer.json", folder / "tokenizer.json")
+    result = export_model(folder, tmp_path / "out", exits=(2,), int8=False)
+    assert result.parity.exits[0].max_abs_diff <= 1e-4
+    prov = result.manifest.provenance
+    assert prov["source"] == "released" and prov["kind"] == "mose-starcoder2"
+    assert len(prov["weight_files"]) == 2 and prov["weights"].startswith("sha256:")
+    assert load_model_dir(tmp_path / "out").manifest.exits[0].layer == 2

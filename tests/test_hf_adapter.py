@@ -123,20 +123,27 @@ def test_projection_heads_start_as_identity_and_change_the_dimension(adapter, ba
 
 
 def test_checkpoint_round_trip_rebuilds_offline_and_keeps_weights(adapter, tmp_path, batch):
-    ids, mask = batch
-    model = _sharing(adapter, exit_layers=(2, 6), projection=384, **adapter.card)
+    """all-MiniLM's own config, cut to 2 layers and a small vocabulary to keep the files small;
+    random weights plus perturbed heads, so a rebuilt model that ignored them would differ."""
+    _, mask = batch
+    config = {**adapter.hf_config, "num_hidden_layers": 2, "vocab_size": 1000}
+    torch.manual_seed(0)
+    model = HFMultiExitEncoder(config, exit_layers=(1, 2), projection=384, **adapter.card).eval()
     with torch.no_grad():  # make the heads differ from their identity initialisation
-        model.heads["2"].proj.weight.add_(0.01 * torch.randn_like(model.heads["2"].proj.weight))
+        model.heads["1"].proj.weight.add_(0.01 * torch.randn_like(model.heads["1"].proj.weight))
     save_checkpoint(model, tmp_path / "ckpt", tokenizer_file=adapter.tokenizer_file)
     loaded, tokenizer = load_checkpoint(tmp_path / "ckpt")
     assert isinstance(loaded, HFMultiExitEncoder)
     assert tokenizer is not None and tokenizer.name == "tokenizer.json"
-    assert loaded.exit_layers == (2, 6)
+    assert loaded.exit_layers == (1, 2)
     assert loaded.export_info() == model.export_info()
+    ids = torch.randint(1, 1000, mask.shape) * mask
     with torch.no_grad():
-        for layer in (2, 6):
+        for layer in (1, 2):
             torch.testing.assert_close(loaded(ids, mask)[layer], model(ids, mask)[layer],
                                        atol=1e-6, rtol=0)
+        fresh = HFMultiExitEncoder(config, exit_layers=(1, 2), projection=384).eval()
+        assert (fresh(ids, mask)[2] - model(ids, mask)[2]).abs().max() > 1e-3
 
 
 def test_export_info_describes_all_minilm(adapter):
