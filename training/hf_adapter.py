@@ -183,7 +183,11 @@ class HFMultiExitEncoder(MultiExitEncoder):
             fields = {k: v for k, v in self.hf_config.items() if k != "model_type"}
             config = transformers.AutoConfig.for_model(model_type, **fields)
             config._attn_implementation = attn_implementation
-            backbone = transformers.AutoModel.from_config(config, add_pooling_layer=False)
+            try:
+                backbone = transformers.AutoModel.from_config(config, add_pooling_layer=False)
+            except TypeError as err:  # a model class without BERT's add_pooling_layer
+                raise AdapterError(f"{model_type} is not a BERT-family encoder the hf-adapter "
+                                   f"supports ({err})") from err
         if not (hasattr(backbone, "embeddings") and hasattr(getattr(backbone, "encoder", None), "layer")):
             raise AdapterError(f"{type(backbone).__name__} is not laid out like BERT (embeddings + "
                                f"encoder.layer); the hf-adapter supports BERT-family encoders")
@@ -237,7 +241,7 @@ class HFMultiExitEncoder(MultiExitEncoder):
                 backbone = transformers.AutoModel.from_pretrained(
                     str(root), add_pooling_layer=False, local_files_only=True,
                     attn_implementation=attn_implementation, dtype=torch.float32)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, TypeError) as err:
             raise AdapterError(f"cannot load the encoder in {root}: {err}") from err
         hf_config = backbone.config.to_dict()
         folder = _read_folder_settings(root)
