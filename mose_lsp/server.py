@@ -579,7 +579,7 @@ class MoseService:
         mode_changed = old.options.watcher != new.options.watcher
         if mode_changed:
             await self._register_file_watching()
-        for folder in self.folders.values():
+        for folder in list(self.folders.values()):
             folder.settings = folder_settings(new.settings, folder.root)
             if folder.index is not None:
                 folder.index.settings = folder.settings
@@ -973,8 +973,8 @@ class MoseService:
             if index is None or folder.stop.is_set() or self.docs.get(uri) is not doc \
                     or doc.version != version:
                 return None  # closed, or a newer version is coming: drop this one
-            if folder.ignored(doc.rel):
-                return None
+            if folder.ignored(doc.rel) or len(text.encode("utf-8")) > index.settings.max_file_bytes:
+                return None  # the scan would not index it either
             if not doc.overlay and _same_as_disk(folder.root / doc.rel, text):
                 return 0  # the buffer is the disk file: the index already has it
             n = index.update_text(doc.rel, text)

@@ -156,3 +156,68 @@ def test_create_server_builds_independent_servers():
     assert one.service is not two.service and one.service.folders is not two.service.folders
     assert one.service.settings.limit == 3 and two.service.settings.limit == 10
     assert set(COMMANDS) <= set(one.protocol.fm.commands)
+
+
+# -- pieces of the server that need no model: where documents belong, what similar asks for
+
+PY = '''\
+import os
+
+
+def first():
+    """One."""
+    return 1
+
+
+def second(x):
+    """Two."""
+    y = x * 2
+    return y
+'''
+
+
+def test_similar_query_is_the_chunk_around_the_position():
+    from mose_lsp.server import _query_from_text
+
+    args = SimilarArgs.parse([{"uri": "file:///w/m.py", "position": {"line": 11}}])
+    q = _query_from_text("m.py", PY, args, 1_000_000)
+    assert q.text.startswith("def second(x):") and q.lines == (8, 11) and q.lang == "python"
+    args = SimilarArgs.parse([{"uri": "file:///w/m.py", "range": {
+        "start": {"line": 3, "character": 0}, "end": {"line": 6, "character": 0}}}])
+    q = _query_from_text("m.py", PY, args, 1_000_000)
+    assert q.text == 'def first():\n    """One."""\n    return 1' and q.lines == (3, 5)
+    whole = _query_from_text("m.py", PY, SimilarArgs.parse([{"uri": "file:///w/m.py"}]), 10**6)
+    assert whole.text == PY and whole.lines is None
+    for bad in ({"range": {"start": {"line": 1, "character": 0},
+                           "end": {"line": 2, "character": 0}}},  # a blank line
+                {"range": {"start": {"line": 99, "character": 0},
+                           "end": {"line": 99, "character": 5}}},
+                {"position": {"line": 40}}):
+        with pytest.raises(ParamsError):
+            _query_from_text("m.py", PY, SimilarArgs.parse([{"uri": "file:///w/m.py", **bad}]),
+                             1_000_000)
+
+
+async def test_documents_belong_to_the_innermost_folder_and_outside_ones_are_ignored(tmp_path):
+    from pygls.uris import from_fs_path
+
+    outer, inner, other = tmp_path / "outer", tmp_path / "outer" / "libs" / "inner", tmp_path / "x"
+    for folder in (inner, other):
+        folder.mkdir(parents=True)
+    svc = create_server().service
+    for folder in (outer, inner):
+        assert svc.add_folder(from_fs_path(str(folder)), start=False) is not None
+    assert svc.add_folder(from_fs_path(str(outer)), start=False) is None  # already there
+    assert svc.add_folder(from_fs_path(str(tmp_path / "missing")), start=False) is None
+    found = svc.locate(from_fs_path(str(inner / "pkg" / "a.py")))
+    assert found is not None and found[0].root == inner.resolve() and found[1] == "pkg/a.py"
+    found = svc.locate(from_fs_path(str(outer / "b.py")))
+    assert found is not None and found[0].root == outer.resolve() and found[1] == "b.py"
+    assert svc.locate(from_fs_path(str(other / "c.py"))) is None
+    assert svc.locate("untitled:Untitled-1") is None
+    svc.did_open(from_fs_path(str(other / "c.py")), 1)
+    assert svc.docs == {}  # outside every folder: not tracked
+    svc.did_open(from_fs_path(str(outer / "b.py")), 1)
+    assert next(iter(svc.docs.values())).rel == "b.py"
+    assert svc.folder_by_uri(from_fs_path(str(inner))) is not None
+    svc.debouncer.close()
