@@ -12,6 +12,7 @@ import pytest
 from mose_lsp.ann import (
     BruteForceIndex,
     HnswIndex,
+    HnswParams,
     IndexFileError,
     VectorIndex,
     sidecar_path,
@@ -171,6 +172,69 @@ def test_hnsw_grows_beyond_capacity() -> None:
     assert np.mean(got[:, 0] == np.arange(300)) >= 0.99
 
 
+def test_compaction_frees_deleted_slots_and_keeps_ids_and_vectors() -> None:
+    rng = np.random.default_rng(13)
+    index = HnswIndex.create(DIM, 16, HnswParams(compact_min_deleted=40))
+    oracle = BruteForceIndex.create(DIM)
+    vecs = unit(rng, 400)
+    index.add(np.arange(400), vecs)
+    oracle.add(np.arange(400), vecs)
+    index.delete(range(330))
+    oracle.delete(range(330))
+    assert index.deleted_count() == 330 and index.wants_compaction()
+    grown = index.capacity()
+    assert index.maybe_compact()
+    assert index.deleted_count() == 0 and index.capacity() < grown / 3
+    assert not index.maybe_compact()  # nothing left to give back
+    assert np.array_equal(index.ids(), oracle.ids())
+    np.testing.assert_allclose(index.get(oracle.ids()), oracle.get(oracle.ids()), atol=1e-6)
+    query = unit(rng, 1)[0]
+    got, scores = index.search(query, k=70)
+    want, want_scores = oracle.search(query, k=70)
+    assert got.tolist() == want.tolist()
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    # The compacted index keeps working: re-adding a deleted id, deleting, growing.
+    index.add(np.array([5, 1000]), unit(rng, 2))
+    assert index.count() == 72 and index.delete([331]) == 1
+    # Below the threshold (deleted <= live, or <= compact_min_deleted) nothing happens.
+    index.delete(range(332, 360))
+    assert not index.maybe_compact()
+
+
+def test_brute_force_memory_follows_the_live_count(tmp_path: Path) -> None:
+    rng = np.random.default_rng(15)
+    index = BruteForceIndex.create(DIM, 16)
+    vecs = unit(rng, 5000)
+    index.add(np.arange(5000), vecs)
+    assert 5000 <= index.capacity() <= 5000 * 1.25 + 17
+    index.delete(range(100, 5000))
+    assert index.capacity() <= 1024 + 16  # shrunk as the deletes happened
+    assert index.ids().tolist() == list(range(100))
+    np.testing.assert_allclose(index.get(range(100)), vecs[:100], atol=1e-6)
+    assert index.search(vecs[42], k=1)[0].tolist() == [42]
+    index.save(tmp_path / "b.npz")
+    loaded = BruteForceIndex.load(tmp_path / "b.npz", DIM)
+    loaded.add(np.arange(100, 3000), vecs[100:3000])  # grows the adopted arrays in place
+    loaded.delete(range(10))
+    assert loaded.ids().tolist() == list(range(10, 3000))
+    np.testing.assert_allclose(loaded.get([10, 2999]), vecs[[10, 2999]], atol=1e-6)
+
+
+def test_hnsw_params_are_validated_and_load_keeps_the_graphs_own(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        HnswParams(M=1)
+    with pytest.raises(ValueError):
+        HnswParams(growth=1.0)
+    rng = np.random.default_rng(14)
+    index = HnswIndex.create(DIM, 16, HnswParams(M=8, ef_construction=40))
+    index.add(np.arange(50), unit(rng, 50))
+    index.save(tmp_path / "g.idx")
+    loaded = HnswIndex.load(tmp_path / "g.idx", DIM, HnswParams(ef_search=99))
+    assert (loaded.params.M, loaded.params.ef_construction, loaded.params.ef_search) == (8, 40, 99)
+    side = json.loads(sidecar_path(tmp_path / "g.idx").read_text())
+    assert (side["M"], side["ef_construction"]) == (8, 40)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_empty_index_and_k_beyond_count(kind: type) -> None:
     rng = np.random.default_rng(7)
@@ -296,8 +360,11 @@ def test_concurrent_readers_and_writer(kind: type) -> None:
     and a search never returns an id deleted (for good) before it started."""
     rng = np.random.default_rng(11)
     index = kind.create(DIM, 16)
+    if kind is HnswIndex:
+        index = HnswIndex.create(DIM, 16, HnswParams(compact_min_deleted=16))
     pool = unit(rng, 64)
     index.add(np.arange(64), pool)
+    last = {i: pool[i] for i in range(64)}  # id -> the vector the writer wrote last
     dead: list[int] = []  # ids deleted and never re-added, appended after the delete
     dead_lock = threading.Lock()
     stop = threading.Event()
@@ -310,12 +377,20 @@ def test_concurrent_readers_and_writer(kind: type) -> None:
             for step in range(150):
                 batch = np.arange(next_id, next_id + 8)
                 next_id += 8
-                index.add(batch, unit(wrng, 8))
-                index.add(np.array([int(batch[0])]), unit(wrng, 1))  # replace
+                vecs, again = unit(wrng, 8), unit(wrng, 1)
+                index.add(batch, vecs)
+                index.add(np.array([int(batch[0])]), again)  # replace
+                last.update(zip(batch.tolist(), vecs))
+                last[int(batch[0])] = again[0]
                 victims = [int(batch[1]), int(batch[2])]
                 index.delete(victims)
                 with dead_lock:
                     dead.extend(victims)
+                if step % 40 == 39:
+                    index.delete(range(next_id - 40, next_id - 20))  # a burst of deletes
+                    with dead_lock:
+                        dead.extend(range(next_id - 40, next_id - 20))
+                    index.maybe_compact()
         except BaseException as err:  # noqa: BLE001 - reported to the main thread
             errors.append(err)
         finally:
@@ -337,11 +412,29 @@ def test_concurrent_readers_and_writer(kind: type) -> None:
         except BaseException as err:  # noqa: BLE001 - reported to the main thread
             errors.append(err)
 
+    def compactor() -> None:
+        # Compactions alongside the writer and the readers (HNSW); the brute-force index
+        # only shrinks its matrix.
+        try:
+            while not stop.is_set():
+                if isinstance(index, HnswIndex):
+                    index.compact()
+                else:
+                    index.maybe_compact()
+        except BaseException as err:  # noqa: BLE001 - reported to the main thread
+            errors.append(err)
+
     threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)]
-    threads.append(threading.Thread(target=writer))
+    threads += [threading.Thread(target=writer), threading.Thread(target=compactor)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
     assert not errors, errors
-    assert index.count() == 64 + 150 * 6
+    assert set(index.ids().tolist()).isdisjoint(dead)
+    # What the writer left is exactly there, with the vectors it wrote last.
+    oracle_ids = sorted(set(range(64 + 150 * 8)) - set(dead))
+    assert index.ids().tolist() == oracle_ids
+    np.testing.assert_allclose(index.get(oracle_ids), np.stack([last[i] for i in oracle_ids]),
+                               atol=1e-6)
+    assert index.count() == 64 + 150 * 8 - len(set(dead))

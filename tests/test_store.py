@@ -1,4 +1,5 @@
-"""The workspace store: SQLite as truth, the vector index as a cache rebuilt when in doubt."""
+"""The workspace store: SQLite as truth, the deep and fresh vector indexes as caches that
+partition the chunks and are repaired or rebuilt when in doubt."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mose_lsp.ann import sidecar_path
+from mose_lsp.ann import HnswIndex, HnswParams, sidecar_path
 from mose_lsp.errors import StoreError
 from mose_lsp.store import (
     ChunkRow,
@@ -63,9 +65,13 @@ def put_file(store: Store, path: str, texts: list[str], language: str = "python"
     return store.replace_file(path, meta_for(texts, language), rows, vecs)
 
 
-def fill_deep(store: Store) -> int:
+def fill_deep(store: Store, limit: int | None = None) -> int:
+    """The background pass: deep vectors for (up to ``limit``) chunks lacking one, 7 a batch."""
     done = 0
-    while pending := store.chunks_missing_vectors(DEEP, 7):
+    while limit is None or done < limit:
+        batch = 7 if limit is None else min(7, limit - done)
+        if not (pending := store.chunks_missing_vectors(DEEP, batch)):
+            break
         ids = [p.chunk_id for p in pending]
         done += store.put_vectors(DEEP, ids, np.stack([embed(p.text, DEEP) for p in pending]))
     return done
@@ -104,21 +110,53 @@ def snapshot(store: Store) -> dict:
     return {"files": files, "chunks": chunks, "vectors": vectors}
 
 
+def partition_truth(store: Store) -> dict[str, dict[int, np.ndarray]]:
+    """What each vector index must hold, computed from SQLite through the public reads:
+    deep = chunks with a deep vector (their deep vectors); fresh = chunks with a shallow vector
+    and no deep one (their shallow vectors). Without a deep index, fresh = every shallow one."""
+    all_ids = [c.id for f in store.all_files() for c in store.file_chunks(f.path)]
+    shallow = store.get_vectors(store.index_exit, all_ids)
+    if store.deep_exit is None:
+        return {"fresh": shallow}
+    deep = store.get_vectors(store.deep_exit, all_ids)
+    return {"deep": deep, "fresh": {i: v for i, v in shallow.items() if i not in deep}}
+
+
+def index_of(store: Store, partition: str):
+    return store.deep_ann if partition == "deep" else store.fresh_ann
+
+
 def assert_ann_matches_sqlite(store: Store) -> None:
-    """The vector index holds exactly the index-exit vectors stored in SQLite."""
-    all_ids = [c.id for f in store.all_files() for c in store.file_chunks(f.path)]
-    truth = store.get_vectors(SHALLOW, all_ids)
-    assert sorted(truth) == store.ann.ids().tolist()
-    if truth:
-        ids = sorted(truth)
-        np.testing.assert_allclose(store.ann.get(ids), np.stack([truth[i] for i in ids]),
-                                   atol=1e-6)
+    """Each vector index holds exactly its partition of the vectors stored in SQLite (so no
+    chunk is in both), with the same (normalised) vectors."""
+    truth = partition_truth(store)
+    assert (store.deep_ann is None) == ("deep" not in truth)
+    for part, vectors in truth.items():
+        index = index_of(store, part)
+        assert index.ids().tolist() == sorted(vectors), part
+        if vectors:
+            ids = sorted(vectors)
+            want = np.stack([vectors[i] / np.linalg.norm(vectors[i]) for i in ids])
+            np.testing.assert_allclose(index.get(ids), want, atol=1e-6)
+    if "deep" in truth:
+        assert not set(truth["deep"]) & set(truth["fresh"])
+    stats = store.stats()
+    assert stats.deep_index_count == len(truth.get("deep", {}))
+    assert stats.fresh_index_count == len(truth["fresh"])
+    assert stats.index_count == stats.deep_index_count + stats.fresh_index_count
 
 
-def exact_top(store: Store, query: np.ndarray, k: int) -> list[int]:
-    all_ids = [c.id for f in store.all_files() for c in store.file_chunks(f.path)]
-    truth = store.get_vectors(SHALLOW, all_ids)
-    return sorted(truth, key=lambda i: -float(truth[i] @ query))[:k]
+def exact_top(store: Store, query: np.ndarray, k: int, partition: str = "fresh") -> list[int]:
+    """Brute-force oracle: the ``k`` best ids of a partition for ``query`` (ties by id)."""
+    truth = partition_truth(store)[partition]
+    unit = {i: v / np.linalg.norm(v) for i, v in truth.items()}
+    return sorted(unit, key=lambda i: (-float(unit[i] @ query), i))[:k]
+
+
+def search(store: Store, partition: str, text: str, k: int, **kw) -> list[int]:
+    if partition == "deep":
+        return store.search_deep(embed(text, DEEP), k, **kw)[0].tolist()
+    return store.search_fresh(embed(text, SHALLOW), k, **kw)[0].tolist()
 
 
 # ----------------------------------------------------------------------------- basics
@@ -129,8 +167,10 @@ def test_replace_file_then_search_finds_it(store: Store) -> None:
     result = put_file(store, "src/a.py", texts)
     assert len(result.chunk_ids) == 3 and result.added == result.chunk_ids
     put_file(store, "src/b.py", ["def other(): pass"])
-    ids, scores = store.search_shallow(embed(texts[1], SHALLOW), k=2)
+    # New chunks have no deep vector yet: they are found through the fresh (shallow) index.
+    ids, scores = store.search_fresh(embed(texts[1], SHALLOW), k=2)
     assert ids[0] == result.chunk_ids[1] and scores[0] == pytest.approx(1.0, abs=1e-5)
+    assert store.search_deep(embed(texts[1], DEEP), k=2)[0].size == 0
     [rec] = store.get_chunks([int(ids[0])])
     assert (rec.path, rec.symbol, rec.language, rec.text) == ("src/a.py", "sym1", "python",
                                                              texts[1])
@@ -142,8 +182,17 @@ def test_replace_file_then_search_finds_it(store: Store) -> None:
     assert store.get_chunks([999, result.chunk_ids[0]])[0].id == result.chunk_ids[0]
     stats = store.stats()
     assert (stats.files, stats.chunks, stats.index_count) == (2, 4, 4)
+    assert (stats.deep_index_count, stats.fresh_index_count) == (0, 4)
     assert stats.vectors == {SHALLOW: 4} and stats.deep_coverage == 0.0
     assert stats.bytes_on_disk > 0
+    # Once the background pass gives them deep vectors, they move to the deep index.
+    assert fill_deep(store) == 4
+    ids, scores = store.search_deep(embed(texts[1], DEEP), k=2)
+    assert ids[0] == result.chunk_ids[1] and scores[0] == pytest.approx(1.0, abs=1e-5)
+    assert store.search_fresh(embed(texts[1], SHALLOW), k=2)[0].size == 0
+    stats = store.stats()
+    assert (stats.index_count, stats.deep_index_count, stats.fresh_index_count) == (4, 4, 0)
+    assert_ann_matches_sqlite(store)
 
 
 def test_editing_one_chunk_keeps_the_others_and_their_deep_vectors(store: Store) -> None:
@@ -169,8 +218,11 @@ def test_editing_one_chunk_keeps_the_others_and_their_deep_vectors(store: Store)
     [a_rec] = store.get_chunks([a_id])
     assert a_rec.start_line == 2
     assert store.get_chunks([b_old]) == []
-    assert b_old not in store.ann.ids().tolist()
+    assert b_old not in store.deep_ann.ids().tolist() + store.fresh_ann.ids().tolist()
     assert [p.chunk_id for p in store.chunks_missing_vectors(DEEP, 10)] == second.added
+    # Reused chunks keep their place in the deep index; the new ones wait in the fresh one.
+    assert store.deep_ann.ids().tolist() == [a_id, c_id]
+    assert store.fresh_ann.ids().tolist() == second.added
     assert_ann_matches_sqlite(store)
 
 
@@ -205,20 +257,22 @@ def test_delete_and_rename(store: Store) -> None:
     assert all(c.path == "pkg/renamed.py" for c in store.get_chunks(a.chunk_ids))
     for cid, vec in store.get_vectors(DEEP, a.chunk_ids).items():
         np.testing.assert_array_equal(vec, deep[cid])
-    assert store.search_shallow(embed("def a2(): pass", SHALLOW), 1)[0].tolist() == [
-        a.chunk_ids[1]]
+    assert search(store, "deep", "def a2(): pass", 1) == [a.chunk_ids[1]]
     assert not store.rename_file("missing.py", "x.py")
 
     # Renaming onto an existing path replaces that file.
     assert store.rename_file("pkg/renamed.py", "b.py")
     assert store.get_chunks(b.chunk_ids) == []
-    assert sorted(store.ann.ids().tolist()) == sorted(a.chunk_ids)
+    assert sorted(store.deep_ann.ids().tolist()) == sorted(a.chunk_ids)
+    assert store.fresh_ann.count() == 0
+    assert_ann_matches_sqlite(store)
 
     assert store.delete_file("b.py")
     assert not store.delete_file("b.py")
     assert store.get_chunks(a.chunk_ids) == []
-    assert store.ann.count() == 0
-    assert store.search_shallow(embed("def a1(): pass", SHALLOW), 5)[0].size == 0
+    assert store.deep_ann.count() == store.fresh_ann.count() == 0
+    assert search(store, "deep", "def a1(): pass", 5) == []
+    assert search(store, "fresh", "def a1(): pass", 5) == []
     assert store.stats().vectors == {}
 
 
@@ -228,7 +282,7 @@ def test_record_skip_drops_chunks_and_is_cleared_by_indexing(store: Store) -> No
                       "1 GB is over the 1 MB limit")
     state = store.file_state("big.py")
     assert state is not None and state.skipped and state.skip_code == "too-large"
-    assert store.file_chunks("big.py") == [] and store.ann.count() == 0
+    assert store.file_chunks("big.py") == [] and store.stats().index_count == 0
     store.record_skip("blob.bin", FileMeta(5, 1, "h2", None), "binary", "binary file")
     stats = store.stats()
     assert stats.skipped == {"too-large": 1, "binary": 1} and stats.indexed_files == 0
@@ -244,8 +298,9 @@ def test_filters_paths_and_put_vectors_edge_cases(store: Store) -> None:
     assert allowed == set(js.chunk_ids)
     assert store.chunk_ids(languages=["python"]) == set(py.chunk_ids)
     assert store.chunk_ids(languages=[]) == set()
-    ids, _ = store.search_shallow(embed("def x(): pass", SHALLOW), 5, filter=allowed.__contains__)
-    assert ids.tolist() == js.chunk_ids
+    assert search(store, "fresh", "def x(): pass", 5, filter=allowed.__contains__) == js.chunk_ids
+    fill_deep(store)
+    assert search(store, "deep", "def x(): pass", 5, filter=allowed.__contains__) == js.chunk_ids
     with pytest.raises(ValueError):
         put_file(store, "/abs/path.py", ["x"])
     with pytest.raises(ValueError):
@@ -307,10 +362,10 @@ def test_edit_sequence_equals_fresh_build(tmp_path: Path) -> None:
             put_file(fresh, path, texts)
     fill_deep(fresh)
     assert snapshot(store) == snapshot(fresh)
-    query = embed(vocab[3], SHALLOW)
-    k = min(5, store.ann.count())
-    assert sorted(store.search_shallow(query, k)[1].tolist()) == pytest.approx(
-        sorted(fresh.search_shallow(query, k)[1].tolist()), abs=1e-5)
+    query = embed(vocab[3], DEEP)
+    k = min(5, store.deep_ann.count())
+    assert sorted(store.search_deep(query, k)[1].tolist()) == pytest.approx(
+        sorted(fresh.search_deep(query, k)[1].tolist()), abs=1e-5)
 
     before = snapshot(store)
     store.close()
@@ -322,20 +377,25 @@ def test_edit_sequence_equals_fresh_build(tmp_path: Path) -> None:
     reopened.close()
 
 
+@pytest.mark.parametrize("partition", ["deep", "fresh"])
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "garbage", "sidecar", "stale"])
-def test_damaged_vector_index_is_rebuilt(tmp_path: Path, damage: str) -> None:
+def test_damaged_vector_index_is_rebuilt(tmp_path: Path, damage: str, partition: str) -> None:
     index_dir = tmp_path / "index"
     store = open_store(index_dir)
     texts = [f"def g{i}(): return {i}" for i in range(30)]
     put_file(store, "g.py", texts)
+    fill_deep(store, limit=18)  # both indexes hold something
     store.close()
-    ann_path = index_dir / "shallow.hnsw"
+    ann_path = index_dir / f"{partition}.hnsw"
     old_bin, old_side = ann_path.read_bytes(), sidecar_path(ann_path).read_bytes()
+    other_partition = "fresh" if partition == "deep" else "deep"
+    other = index_dir / f"{other_partition}.hnsw"
     if damage == "stale":
         # The cache saved before later edits: it reflects an older generation.
         store = open_store(index_dir)
-        put_file(store, "g.py", texts[:10] + ["def changed(): pass"])
+        put_file(store, "g.py", texts[:10] + ["def changed(): pass"] + texts[25:])
         put_file(store, "h.py", ["def h(): pass"])
+        fill_deep(store, limit=4)
         store.close()
         ann_path.write_bytes(old_bin)
         sidecar_path(ann_path).write_bytes(old_side)
@@ -348,16 +408,24 @@ def test_damaged_vector_index_is_rebuilt(tmp_path: Path, damage: str) -> None:
     elif damage == "sidecar":
         sidecar_path(ann_path).write_text("]] not json")
 
+    other_bin = other.read_bytes()
     store = open_store(index_dir)
     assert store.rebuild_reason
+    # A stale but intact file is repaired in place; a damaged one is rebuilt.
+    assert store.recovery[partition].startswith("repaired" if damage == "stale" else "rebuilt")
+    if damage == "stale":
+        assert "generation" in store.recovery[partition]
+    assert store.recovery[other_partition] == "loaded"
     assert_ann_matches_sqlite(store)
-    for text in ["def g5(): return 5", "def h(): pass", "def g20(): return 20"]:
-        query = embed(text, SHALLOW)
-        assert store.search_shallow(query, 3)[0].tolist() == exact_top(store, query, 3)
+    for text in ["def g5(): return 5", "def h(): pass", "def g28(): return 28", "def g1(): return 1"]:
+        for part, layer in (("deep", DEEP), ("fresh", SHALLOW)):
+            assert search(store, part, text, 3) == exact_top(store, embed(text, layer), 3, part)
     store.close()
-    # The rebuilt cache was saved: the next open loads it.
+    assert other.read_bytes() == other_bin  # the intact index was not rewritten
+    # The rebuilt or repaired cache was saved: the next open loads it.
     again = open_store(index_dir)
     assert again.rebuild_reason is None
+    assert again.recovery == {"deep": "loaded", "fresh": "loaded"}
     again.close()
 
 
@@ -386,10 +454,239 @@ def test_crash_after_commits_rebuilds_a_correct_index(tmp_path: Path) -> None:
     assert store.rebuild_reason and "generation" in store.rebuild_reason
     assert [f.path for f in store.all_files()] == ["c.py", "d.py"]
     assert_ann_matches_sqlite(store)
-    ids, _ = store.search_shallow(embed("def d(): pass", SHALLOW), 5)
+    ids, _ = store.search_fresh(embed("def d(): pass", SHALLOW), 5)
     assert [c.symbol for c in store.get_chunks(ids)] == ["sym0", "sym0"]
     assert {c.path for c in store.get_chunks(ids)} == {"c.py", "d.py"}
     store.close()
+
+
+# ----------------------------------------------------------------------------- deep / fresh
+
+
+@pytest.mark.parametrize("fresh_ann", [None, "brute"])
+def test_partition_invariant_under_random_operations(tmp_path: Path, fresh_ann: str | None) -> None:
+    """After every edit, rename, skip, delete, deep fill and vector replacement, each chunk
+    with a deep vector is in the deep index only, each other chunk with a shallow vector in
+    the fresh index only, with SQLite's vectors; searches of both agree with a brute-force
+    oracle; and a reopened store loads both indexes as saved. A small compaction threshold
+    makes background compactions run alongside the edits."""
+    rng = np.random.default_rng(7)
+    params = HnswParams(compact_min_deleted=8)
+    vocab = [f"def p{i}(y):\n    return y * {i}" for i in range(60)]
+    store = open_store(tmp_path / "index", hnsw_params=params, fresh_ann=fresh_ann)
+    paths = [f"src/f{i}.py" for i in range(6)]
+    for step in range(120):
+        op = int(rng.integers(12))
+        known = [f.path for f in store.all_files() if not f.skipped]
+        if op < 5 or not known:
+            texts = [vocab[int(i)] for i in rng.integers(0, 60, size=int(rng.integers(0, 7)))]
+            put_file(store, paths[int(rng.integers(len(paths)))], texts)
+        elif op < 8:
+            fill_deep(store, limit=int(rng.integers(1, 12)))
+        elif op < 9:
+            store.rename_file(known[int(rng.integers(len(known)))],
+                              paths[int(rng.integers(len(paths)))])
+        elif op < 10:
+            store.delete_file(known[int(rng.integers(len(known)))])
+        elif op < 11:
+            store.record_skip(known[int(rng.integers(len(known)))], meta_for(["x"]), "binary",
+                              "binary")
+        else:
+            # Replace stored vectors of some chunks at either exit (the index follows).
+            recs = store.file_chunks(known[int(rng.integers(len(known)))])[:3]
+            layer = SHALLOW if rng.integers(2) else DEEP
+            store.put_vectors(layer, [c.id for c in recs],
+                              np.stack([embed(c.text + "!", layer) for c in recs])
+                              if recs else np.zeros((0, DIMS[layer]), np.float32))
+        assert_ann_matches_sqlite(store)
+        if step % 15 == 14:
+            for text in rng.choice(vocab, size=3):
+                for part, layer in (("deep", DEEP), ("fresh", SHALLOW)):
+                    index = index_of(store, part)
+                    k = index.count()  # everything: approximate search must still be exact
+                    got = search(store, part, str(text), k)
+                    want = exact_top(store, embed(str(text), layer), k, part)
+                    assert sorted(got) == sorted(want)
+                    assert got[:1] == want[:1] or k == 0
+    store.compact()
+    for part in ("deep", "fresh"):
+        index = index_of(store, part)
+        if isinstance(index, HnswIndex):
+            assert index.deleted_count() <= max(index.count(), params.compact_min_deleted)
+        else:
+            assert fresh_ann == "brute" and part == "fresh"
+    assert_ann_matches_sqlite(store)
+    store.close()
+    reopened = open_store(tmp_path / "index", hnsw_params=params, fresh_ann=fresh_ann)
+    assert reopened.recovery == {"deep": "loaded", "fresh": "loaded"}
+    assert_ann_matches_sqlite(reopened)
+    reopened.close()
+
+
+def test_fresh_index_gives_back_slots_when_chunks_move_to_deep(tmp_path: Path) -> None:
+    """A first scan puts every chunk into the fresh index and the background pass then moves
+    them all to the deep one: the fresh graph must not keep its peak size (two full graphs)."""
+    params = HnswParams(compact_min_deleted=32)
+    store = open_store(tmp_path / "index", hnsw_params=params)
+    for i in range(10):
+        put_file(store, f"m{i}.py", [f"def m{i}_{j}(): return {j}" for j in range(30)])
+    fresh = store.fresh_ann
+    assert isinstance(fresh, HnswIndex) and fresh.count() == 300
+    peak = fresh.capacity()
+    fill_deep(store)
+    assert fresh.count() == 0 and store.deep_ann.count() == 300
+    # A background compaction gives the slots back, without anyone asking.
+    deadline = time.monotonic() + 20
+    while fresh.deleted_count() > params.compact_min_deleted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fresh.deleted_count() <= params.compact_min_deleted
+    assert fresh.capacity() < peak / 4
+    assert_ann_matches_sqlite(store)
+    assert store.dirty  # the smaller graph is saved by the next flush
+    assert store.flush()
+    saved = HnswIndex.load(store.index_path("fresh"), DIMS[SHALLOW])
+    assert saved.capacity() < peak / 4 and saved.count() == 0
+    put_file(store, "new.py", ["def brand_new(): pass"])
+    assert search(store, "fresh", "def brand_new(): pass", 1) == [
+        store.file_chunks("new.py")[0].id]
+    store.close()
+
+
+@pytest.mark.parametrize("how", ["no-rerank-exit", "same-exit", "deep_index=False"])
+def test_single_shallow_index_without_a_distinct_rerank_exit(tmp_path: Path, how: str) -> None:
+    """Without a deep index, fresh holds every shallow vector (the single index of before):
+    deep fills do not move chunks and search_shallow sees them all. Switching a store between
+    the two layouts rebuilds what the new layout needs, never trusting a file it did not
+    maintain."""
+    index_dir = tmp_path / "index"
+    kw = {"no-rerank-exit": {"rerank_exit": None}, "same-exit": {"rerank_exit": SHALLOW},
+          "deep_index=False": {"deep_index": False}}[how]
+    store = open_store(index_dir)  # first with a deep index
+    put_file(store, "a.py", ["def a(): pass", "def b(): pass", "def c(): pass"])
+    fill_deep(store, limit=2)
+    store.close()
+    assert (index_dir / "deep.hnsw").exists()
+
+    single = open_store(index_dir, **kw)
+    assert single.deep_exit is None and single.deep_ann is None
+    assert single.partitions == ("fresh",)
+    assert single.recovery["fresh"].startswith("rebuilt")  # another partition rule
+    assert not (index_dir / "deep.hnsw").exists()
+    assert single.fresh_ann.count() == 3
+    assert single.search_deep(embed("def a(): pass", DEEP), 3)[0].size == 0
+    ids = [c.id for c in single.file_chunks("a.py")]
+    assert single.search_shallow(embed("def a(): pass", SHALLOW), 1)[0].tolist() == [ids[0]]
+    fill_deep(single)  # deep vectors are stored but do not move anything
+    assert single.fresh_ann.count() == 3
+    stats = single.stats()
+    assert (stats.deep_index_count, stats.fresh_index_count, stats.index_count) == (0, 3, 3)
+    assert_ann_matches_sqlite(single)
+    put_file(single, "a.py", ["def a(): pass", "def d(): pass"])
+    assert_ann_matches_sqlite(single)
+    single.close()
+
+    both = open_store(index_dir)
+    assert both.recovery["deep"].startswith("rebuilt")
+    assert both.recovery["fresh"].startswith("rebuilt")
+    assert_ann_matches_sqlite(both)
+    assert both.deep_ann.count() == 1 and both.fresh_ann.count() == 1  # d.py's chunk is new
+    both.close()
+
+
+CRASH_POINTS = ["first-fill", "after-flush", "fill-after-flush", "edits-after-flush",
+                "periodic-save-then-fill"]
+
+
+def crash_scenario(store: Store, stop: str) -> None:
+    """Edits and deep fills with saves in between, stopping at ``stop`` (a CRASH_POINTS
+    entry). Run in a subprocess that then exits without closing, and in-process as the
+    oracle."""
+    texts = [f"def k{i}(): return {i}" for i in range(40)]
+    put_file(store, "k.py", texts)
+    put_file(store, "j.py", ["def j(): pass", "def jj(): pass"])
+    fill_deep(store, limit=15)
+    if stop == "first-fill":
+        return
+    assert store.flush()
+    if stop == "after-flush":
+        return
+    fill_deep(store, limit=10)
+    first = store.file_chunks("k.py")[0].id  # has a deep vector; replace it in place
+    store.put_vectors(DEEP, [first], embed("replaced", DEEP)[None, :])
+    if stop == "fill-after-flush":
+        return
+    put_file(store, "k.py", texts[:30] + ["def new(): pass"])  # drops deep and fresh chunks
+    store.delete_file("j.py")
+    store.rename_file("k.py", "pkg/k.py")
+    if stop == "edits-after-flush":
+        return
+    assert store.maybe_flush(min_interval_s=0.0)  # the idle loop's periodic save
+    fill_deep(store)
+    put_file(store, "l.py", ["def l(): pass"])
+
+
+CRASH_SCENARIO_SCRIPT = """
+import os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from tests.test_store import crash_scenario, open_store
+store = open_store(Path(sys.argv[1]), fresh_ann=sys.argv[4] or None)
+crash_scenario(store, sys.argv[3])
+os._exit(0)  # crash: no close, no flush
+"""
+
+
+@pytest.mark.parametrize(("point", "fresh_ann"),
+                         [(p, None) for p in CRASH_POINTS] + [("edits-after-flush", "brute")])
+def test_crash_between_deep_fills_is_repaired_not_rebuilt(
+    tmp_path: Path, point: str, fresh_ann: str | None
+) -> None:
+    """A process killed at any point between deep fills and saves leaves saved indexes that
+    the next open repairs (or loads, right after a save) into exactly the partitions of the
+    database, including a deep vector replaced in place, without rebuilding either graph."""
+    index_dir = tmp_path / "index"
+    subprocess.run([sys.executable, "-c", textwrap.dedent(CRASH_SCENARIO_SCRIPT),
+                    str(index_dir), str(REPO), point, fresh_ann or ""], check=True, cwd=REPO,
+                   timeout=60)
+    store = open_store(index_dir, fresh_ann=fresh_ann)
+    expected = "loaded" if point == "after-flush" else "repaired"
+    assert {part: how.split(":")[0] for part, how in store.recovery.items()} == {
+        "deep": expected, "fresh": expected}, store.recovery
+    if point == "fill-after-flush":
+        assert "1 replaced" in store.recovery["deep"]
+    assert_ann_matches_sqlite(store)
+
+    oracle = open_store(tmp_path / "oracle", fresh_ann=fresh_ann)
+    crash_scenario(oracle, point)
+    assert snapshot(store) == snapshot(oracle)
+    for part in ("deep", "fresh"):
+        assert index_of(store, part).ids().tolist() == index_of(oracle, part).ids().tolist()
+    for text in ["def k3(): return 3", "def new(): pass", "replaced", "def l(): pass"]:
+        for part, layer in (("deep", DEEP), ("fresh", SHALLOW)):
+            assert search(store, part, text, 4) == exact_top(store, embed(text, layer), 4, part)
+    oracle.close()
+    store.close()
+    again = open_store(index_dir, fresh_ann=fresh_ann)  # the repair was saved on close
+    assert again.recovery == {"deep": "loaded", "fresh": "loaded"}
+    again.close()
+
+
+def test_fresh_index_kind_can_change_between_opens(tmp_path: Path) -> None:
+    index_dir = tmp_path / "index"
+    store = open_store(index_dir)
+    put_file(store, "a.py", [f"def a{i}(): return {i}" for i in range(12)])
+    fill_deep(store, limit=5)
+    store.close()
+    brute = open_store(index_dir, fresh_ann="brute")
+    assert brute.recovery["deep"] == "loaded" and brute.recovery["fresh"].startswith("rebuilt")
+    assert not (index_dir / "fresh.hnsw").exists() and (index_dir / "fresh.npz").exists()
+    assert_ann_matches_sqlite(brute)
+    assert search(brute, "fresh", "def a9(): return 9", 1) == [brute.file_chunks("a.py")[9].id]
+    brute.close()
+    again = open_store(index_dir)
+    assert again.recovery["fresh"].startswith("rebuilt") and not (index_dir / "fresh.npz").exists()
+    assert_ann_matches_sqlite(again)
+    again.close()
 
 
 # ----------------------------------------------------------------------------- open / errors
@@ -479,7 +776,7 @@ def test_model_change_drops_vectors_and_asks_for_reembedding(tmp_path: Path) -> 
 
     store = open_store(index_dir, model_id="another-model@sha256:bbbb")
     assert store.needs_reembed and "model changed" in (store.reembed_reason or "")
-    assert store.stats().vectors == {} and store.ann.count() == 0
+    assert store.stats().vectors == {} and store.stats().index_count == 0
     # Chunks and file states survive: only the vectors are recomputed.
     assert [c.id for c in store.file_chunks("a.py")] == first.chunk_ids
     pending = store.chunks_missing_vectors(SHALLOW, 10)
@@ -487,8 +784,9 @@ def test_model_change_drops_vectors_and_asks_for_reembedding(tmp_path: Path) -> 
     store.put_vectors(SHALLOW, [p.chunk_id for p in pending],
                       np.stack([embed(p.text, SHALLOW) for p in pending]))
     assert not store.needs_reembed
-    assert store.search_shallow(embed("def b(): pass", SHALLOW), 1)[0].tolist() == [
-        first.chunk_ids[1]]
+    # No deep vectors yet after the model change: everything is found through fresh.
+    assert search(store, "fresh", "def b(): pass", 1) == [first.chunk_ids[1]]
+    assert store.stats().deep_index_count == 0
     assert_ann_matches_sqlite(store)
     store.close()
 
@@ -509,20 +807,25 @@ def test_model_change_drops_vectors_and_asks_for_reembedding(tmp_path: Path) -> 
     # chunks lacking one are reported.
     store = Store.open(index_dir, dims={SHALLOW: 16, DEEP: 32}, index_exit=DEEP,
                        model_id="another-model@sha256:bbbb")
-    assert store.rebuild_reason
-    assert store.ann.count() == 1 and store.needs_reembed
+    assert store.rebuild_reason and store.deep_exit is None
+    assert store.fresh_ann.count() == 1 and store.needs_reembed
+    assert_ann_matches_sqlite(store)
     store.close()
 
 
 def test_brute_force_backend(tmp_path: Path) -> None:
     store = open_store(tmp_path / "index", ann="brute")
     res = put_file(store, "a.py", ["def a(): pass", "def b(): pass"])
-    assert store.search_shallow(embed("def a(): pass", SHALLOW), 1)[0].tolist() == [
-        res.chunk_ids[0]]
+    assert search(store, "fresh", "def a(): pass", 1) == [res.chunk_ids[0]]
+    fill_deep(store, limit=1)
+    assert search(store, "deep", "def a(): pass", 1) == [res.chunk_ids[0]]
+    assert search(store, "fresh", "def a(): pass", 1) == [res.chunk_ids[1]]
     store.close()
-    assert (tmp_path / "index" / "shallow.npz").exists()
+    assert (tmp_path / "index" / "fresh.npz").exists() and (tmp_path / "index" / "deep.npz").exists()
     store = open_store(tmp_path / "index", ann="brute")
-    assert store.rebuild_reason is None and store.ann.count() == 2
+    assert store.rebuild_reason is None
+    assert (store.deep_ann.count(), store.fresh_ann.count()) == (1, 1)
+    assert_ann_matches_sqlite(store)
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.stats()
@@ -540,7 +843,9 @@ def test_default_index_dir_is_per_workspace(tmp_path: Path) -> None:
 
 
 def test_concurrent_writer_and_readers(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "index")
+    """Readers search both indexes while a writer edits, deletes and fills deep vectors, and
+    background compactions (a low threshold) rebuild graphs underneath them."""
+    store = open_store(tmp_path / "index", hnsw_params=HnswParams(compact_min_deleted=4))
     texts = [f"def t{i}(): return {i}" for i in range(60)]
     put_file(store, "base.py", texts[:10])
     errors: list[BaseException] = []
@@ -564,8 +869,9 @@ def test_concurrent_writer_and_readers(tmp_path: Path) -> None:
         rng = np.random.default_rng(seed)
         try:
             while not stop.is_set():
-                query = embed(texts[int(rng.integers(60))], SHALLOW)
-                ids, _ = store.search_shallow(query, 5)
+                text = texts[int(rng.integers(60))]
+                ids = np.concatenate([store.search_deep(embed(text, DEEP), 5)[0],
+                                      store.search_fresh(embed(text, SHALLOW), 5)[0]])
                 for rec in store.get_chunks(ids.tolist()):
                     assert rec.text in texts
                 store.get_vectors(DEEP, ids.tolist())
