@@ -78,48 +78,64 @@ class Searcher:
         return lambda cid: cid not in query.exclude_ids
 
     def search(self, query: Query) -> list[Hit]:
+        """Candidates from the deep index (chunks the background pass has reached) and the
+        fresh index (shallow vectors of the others), all scored by the deep exit."""
         if not query.text.strip():
             return []
         idx = self.index
-        settings = idx.settings
         k = max(1, query.k)
-        candidates = max(k, settings.rerank_candidates)
-        qs = self.model.encode([query.text], query.kind, idx.index_exit,
-                               [query.lang] if query.lang else None)[0]
-        ids, scores = self.store.search_shallow(qs, candidates, self._filter(query))
-        ids = [int(i) for i in ids]
-        if not ids:
-            return []
-        shallow = dict(zip(ids, (float(s) for s in scores)))
-        rerank = query.rerank and settings.rerank and idx.rerank_exit != idx.index_exit
+        langs = [query.lang] if query.lang else None
+        flt = self._filter(query)
+        qs = self.model.encode([query.text], query.kind, idx.index_exit, langs)[0]
+        rerank = query.rerank and idx.settings.rerank and idx.rerank_exit != idx.index_exit
         if not rerank:
-            top = ids[:k]
-            return self._hits(top, {i: shallow[i] for i in top}, idx.index_exit)
-        deep = self.store.get_vectors(idx.rerank_exit, ids)
-        missing = [i for i in ids if i not in deep][:ON_THE_FLY_LIMIT]
-        if missing:
-            records = {r.id: r for r in self.store.get_chunks(missing)}
-            todo = [i for i in missing if i in records]
+            if self.store.deep_ann is None:  # one index holds every shallow vector
+                found, scores = self.store.search_fresh(qs, k, flt)
+                ids = [int(i) for i in found]
+            else:
+                ids, scores = self._shallow_everywhere(qs, k, flt)
+            return self._hits(ids, dict(zip(ids, map(float, scores))), idx.index_exit)
+        qd = self.model.encode([query.text], query.kind, idx.rerank_exit, langs)[0]
+        deep_scores: dict[int, float] = {}
+        if self.store.deep_ann is not None:
+            ids, scores = self.store.search_deep(qd, k, flt)
+            deep_scores.update(zip(map(int, ids), map(float, scores)))
+        fresh_ids, fresh_scores = self.store.search_fresh(qs, idx.settings.rerank_candidates, flt)
+        fresh = [int(i) for i in fresh_ids if int(i) not in deep_scores]
+        shallow = dict(zip(map(int, fresh_ids), map(float, fresh_scores)))
+        if fresh:
+            cached = self.store.get_vectors(idx.rerank_exit, fresh)
+            todo = [i for i in fresh if i not in cached][:ON_THE_FLY_LIMIT]
             if todo:
-                vecs = self.model.encode([records[i].text for i in todo], "code", idx.rerank_exit,
-                                         [records[i].language or "" for i in todo])
-                deep.update(zip(todo, vecs))
-                self.store.put_vectors(idx.rerank_exit, todo, vecs)
-        qd = self.model.encode([query.text], query.kind, idx.rerank_exit,
-                               [query.lang] if query.lang else None)[0]
-        scored = [i for i in ids if i in deep]
-        matrix = np.stack([deep[i] for i in scored]) if scored else np.zeros((0, qd.shape[0]))
-        deep_scores = dict(zip(scored, (matrix @ qd).tolist()))
-        # Candidates without a deep vector (beyond the on-the-fly budget) rank after the others.
-        order = sorted(scored, key=lambda i: -deep_scores[i])
-        rest = [i for i in ids if i not in deep_scores]
-        top = (order + rest)[:k]
-        final = {i: deep_scores.get(i, shallow[i]) for i in top}
-        hits = self._hits([i for i in top if i in deep_scores],
-                          {i: final[i] for i in top if i in deep_scores}, idx.rerank_exit)
-        hits += self._hits([i for i in top if i not in deep_scores],
-                           {i: final[i] for i in top if i not in deep_scores}, idx.index_exit)
+                records = {r.id: r for r in self.store.get_chunks(todo)}
+                todo = [i for i in todo if i in records]
+                if todo:
+                    vecs = self.model.encode([records[i].text for i in todo], "code",
+                                             idx.rerank_exit,
+                                             [records[i].language or "" for i in todo])
+                    cached.update(zip(todo, vecs))
+                    # Cached for next time; this also moves them to the deep index.
+                    self.store.put_vectors(idx.rerank_exit, todo, vecs)
+            for i, vec in cached.items():
+                deep_scores[i] = float(vec @ qd)
+        ranked = sorted(deep_scores, key=lambda i: -deep_scores[i])[:k]
+        hits = self._hits(ranked, deep_scores, idx.rerank_exit)
+        if len(hits) < k:  # fresh candidates beyond the on-the-fly budget: shallow order
+            rest = [i for i in fresh if i not in deep_scores][: k - len(hits)]
+            hits += self._hits(rest, shallow, idx.index_exit)
         return hits
+
+    def _shallow_everywhere(self, qs, k: int, flt):
+        """Shallow-exit scores over every chunk (no re-rank): fresh index + stored vectors."""
+        ids, scores = self.store.search_fresh(qs, k, flt)
+        best = dict(zip(map(int, ids), map(float, scores)))
+        allowed = self.store.chunk_ids() if flt is None else {i for i in self.store.chunk_ids()
+                                                             if flt(i)}
+        vecs = self.store.get_vectors(self.index.index_exit, allowed - set(best))
+        for i, v in vecs.items():
+            best[i] = float(v @ qs)
+        top = sorted(best, key=lambda i: -best[i])[:k]
+        return top, [best[i] for i in top]
 
     def _hits(self, ids: list[int], scores: dict[int, float], exit_layer: int) -> list[Hit]:
         records = {r.id: r for r in self.store.get_chunks(ids)}

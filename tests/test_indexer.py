@@ -31,7 +31,11 @@ def _snapshot(index: WorkspaceIndex) -> dict:
             key = (c.path, c.start_line, c.end_line, c.symbol, c.content_hash)
             vec = store.get_vectors(index.index_exit, [c.id]).get(c.id)
             chunks[key] = None if vec is None else np.round(vec, 4).tobytes()
-    live = set(int(i) for i in store.ann.ids())
+    live = {int(i) for i in store.fresh_ann.ids()}
+    if store.deep_ann is not None:
+        deep = {int(i) for i in store.deep_ann.ids()}
+        assert not live & deep  # each chunk is in exactly one index
+        live |= deep
     ids = set()
     for path in files:
         ids |= {c.id for c in store.file_chunks(path)}
@@ -174,4 +178,26 @@ def test_workspace_changes_while_closed(tmp_path, model, bad):
     index.scan()
     paths = {s.path for s in index.store.all_files()}
     assert ("shlex.py" in paths) == (bad != "missing")
+    index.close()
+
+
+def test_after_the_deep_pass_search_equals_exact_deep_ranking(workspace, tmp_path, model):
+    index = _open(workspace, tmp_path / "idx", model)
+    index.scan()
+    while index.fill_deep(max_chunks=512):
+        pass
+    stats = index.store.stats()
+    assert stats.deep_coverage == 1.0 and stats.fresh_index_count == 0
+    searcher = Searcher(index)
+    query = "split a string into shell-like tokens"
+    hits = searcher.search(Query(query, k=5))
+    assert all(h.exit == index.rerank_exit for h in hits)
+    ids = sorted(index.store.chunk_ids())
+    deep = index.store.get_vectors(index.rerank_exit, ids)
+    qd = model.encode([query], "text", index.rerank_exit)[0]
+    exact = sorted(ids, key=lambda i: -float(deep[i] @ qd))[:5]
+    assert [h.chunk_id for h in hits] == exact
+    # Shallow-only search (no re-rank) still covers every chunk.
+    shallow = searcher.search(Query(query, k=5, rerank=False))
+    assert len(shallow) == 5 and all(h.exit == index.index_exit for h in shallow)
     index.close()
