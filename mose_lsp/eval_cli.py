@@ -107,12 +107,14 @@ def eval_command(
         help="Comma-separated exit layers to score, e.g. 2,6. Default: every exit.")] = None,
     pipeline: Annotated[bool, typer.Option(
         "--pipeline/--no-pipeline",
-        help="Also score the two-stage search: shallow top-K re-ranked by the deep exit.")] = True,
+        help="Also score the search as the product runs it: before the deep pass (shallow "
+             "top-K re-ranked by the deep exit) and after it (HNSW over deep vectors).")] = True,
     pipeline_exits: Annotated[str | None, typer.Option(
         help="SHALLOW,DEEP exits of the pipeline. Default: the model's index and rerank "
              "exits.")] = None,
-    k: Annotated[int, typer.Option("--k", min=1,
-                                   help="Candidates the shallow exit passes on.")] = 100,
+    k: Annotated[int, typer.Option(
+        "--k", min=1, help="Candidates the shallow exit passes on (the searcher re-ranks "
+                           "up to 64 fresh candidates per query).")] = 64,
     recall_at: Annotated[str, typer.Option(
         help="Comma-separated K for Recall@K.")] = ",".join(map(str, DEFAULT_RECALL_KS)),
     bm25: Annotated[bool, typer.Option("--bm25", help="Add the BM25 baseline.")] = False,
