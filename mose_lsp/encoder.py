@@ -22,7 +22,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,6 +48,7 @@ KINDS = ("text", "code")
 INPUT_NAMES = ("input_ids", "attention_mask")
 OPTIONAL_INPUT_NAMES = ("token_type_ids",)  # fed zeros if an exported BERT graph kept it
 OUTPUT_NAME = "embedding"
+MAX_BATCH_TOKENS = 1024  # padded tokens per inference call (bounds activation memory)
 VERIFY_CACHE_FILE = "verified-model-files.json"
 VERIFY_CACHE_VERSION = 1
 VERIFY_CACHE_MAX_ENTRIES = 256
@@ -191,6 +192,10 @@ class ExitEncoder:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only
+        # The arena keeps the peak of every batch shape for the life of the session (measured:
+        # 776 MB vs 448 MB RSS after encoding 256 long functions); without it, memory returns
+        # to the allocator after each batch at a small speed cost.
+        options.enable_cpu_mem_arena = False
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options,
                                                  providers=["CPUExecutionProvider"])
@@ -405,8 +410,7 @@ class ModelEncoder:
         out = np.empty((len(ids), session.spec.dim), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         pad_id = self.manifest.pad_id
-        for begin in range(0, len(order), batch_size):
-            batch = order[begin:begin + batch_size]
+        for batch in _batches(order, [len(x) for x in ids], batch_size, MAX_BATCH_TOKENS):
             width = max(len(ids[i]) for i in batch)
             input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)  # (B, T)
             mask = np.zeros((len(batch), width), dtype=np.int64)  # (B, T)
@@ -434,6 +438,21 @@ class ModelEncoder:
         start = time.perf_counter()
         self.encode(texts, kind, exit, langs, batch_size)
         return EncodeCost(items=len(texts), seconds=time.perf_counter() - start, tokens=tokens)
+
+
+def _batches(order: list[int], lengths: list[int], batch_size: int,
+             max_tokens: int) -> Iterator[list[int]]:
+    """Consecutive groups of ``order`` (sorted by length) with at most ``batch_size`` items and
+    at most ``max_tokens`` padded tokens (attention memory grows with batch x length^2)."""
+    batch: list[int] = []
+    for i in order:
+        width = lengths[i]  # ``order`` is sorted by length: the newest item is the longest
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * width > max_tokens):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
 
 
 def _check_langs(texts: Sequence[str], langs: Sequence[str] | None) -> Sequence[str]:
