@@ -7,6 +7,7 @@ the default and the caller is told which (``Settings.from_dict`` returns the war
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -41,6 +42,9 @@ class Settings:
     rerank_candidates: int = 200
     #: Re-rank with the deep exit (False: shallow scores only).
     rerank: bool = True
+    #: Weight of the lexical signal fused with the deep cosine (score = cosine + w * BM25 /
+    #: the query's best BM25 in the workspace); 0 disables it. 0..1.
+    lexical_weight: float = 0.1
     #: Fill deep-exit vectors for the whole workspace in the background when idle.
     background_deep: bool = True
     #: Files larger than this are skipped (bytes).
@@ -101,6 +105,7 @@ def _snake(name: str) -> str:
 _LIMITS = {
     "threads": (0, 256), "batch_size": (1, 1024), "rerank_candidates": (1, 10_000),
     "max_file_bytes": (1_000, 1_000_000_000), "debounce_ms": (0, 60_000), "limit": (1, 1_000),
+    "lexical_weight": (0.0, 1.0),
 }
 
 
@@ -113,6 +118,15 @@ def _convert(key: str, value: Any, default: Any) -> tuple[bool, Any]:
         return False, "expected a path string"
     if isinstance(default, bool):
         return (True, value) if isinstance(value, bool) else (False, "expected true or false")
+    if isinstance(default, float):
+        # JSON has one number type: an integer is a valid float setting (0 or 1).
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, "expected a number"
+        number = float(value)
+        lo, hi = _LIMITS[key]
+        if not math.isfinite(number) or not lo <= number <= hi:
+            return False, f"expected {lo:g}..{hi:g}"
+        return True, number
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             return False, "expected an integer"

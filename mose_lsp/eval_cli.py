@@ -117,6 +117,10 @@ def eval_command(
                            "up to 64 fresh candidates per query).")] = 64,
     recall_at: Annotated[str, typer.Option(
         help="Comma-separated K for Recall@K.")] = ",".join(map(str, DEFAULT_RECALL_KS)),
+    lexical_weight: Annotated[float, typer.Option(
+        "--lexical-weight", min=0.0, max=1.0,
+        help="BM25 weight the search as shipped fuses with the deep cosine (the runtime's "
+             "lexicalWeight setting); 0: the deep exit alone.")] = 0.1,
     bm25: Annotated[bool, typer.Option("--bm25", help="Add the BM25 baseline.")] = False,
     bm25_only: Annotated[bool, typer.Option(
         "--bm25-only", help="Score the BM25 baseline alone (no model needed).")] = False,
@@ -147,7 +151,7 @@ def eval_command(
 
     results: list[SuiteResult] = [
         evaluate(encoder, suite, exits=exit_list, pipeline=spec, bm25=bm25 or bm25_only,
-                 recall_ks=recall_ks, progress=progress)
+                 recall_ks=recall_ks, progress=progress, lexical_weight=lexical_weight)
         for suite in loaded
     ]
     payload = results_to_json(results)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .encoder import EncodeCost, timed_encode
 from .errors import MoseError
-from .lexical import BM25Index
+from .lexical import FTS_SCHEMA, BM25Index, fts_insert, fts_scores, fts_search, identifier_tokens
 
 KINDS = ("text", "code")
 CORPUS_FILE = "corpus.jsonl"
@@ -365,14 +365,18 @@ class PipelineResult:
 class ProductResult:
     """The search as the runtime runs it once the background deep pass has finished: the
     deep exit's query vector against an HNSW index of the deep vectors (``mose_lsp.ann``, the
-    store's parameters), top ``k`` scored by the deep exit."""
+    store's parameters), top ``k`` scored by the deep exit. With ``lexical_weight`` w > 0, as
+    the searcher fuses: the candidates also include the best BM25 documents (the store's FTS5
+    index and scoring), and each scores ``cosine + w * BM25 / the query's best BM25``."""
 
     deep: int
     k: int
     metrics: Metrics
+    lexical_weight: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"deep": self.deep, "k": self.k, **self.metrics.to_json()}
+        return {"deep": self.deep, "k": self.k, "lexical_weight": self.lexical_weight,
+                **self.metrics.to_json()}
 
 
 @dataclass(frozen=True)
@@ -475,16 +479,59 @@ def _evaluate_pipeline(spec: PipelineSpec, shallow: _Encoded, deep: _Encoded,
                           candidate_recall)
 
 
+def fused_order(found: np.ndarray, cosine: np.ndarray, lexical_ids: np.ndarray,
+                 lexical_scores: Callable[[list[int]], dict[int, float]], weight: float,
+                 best: float) -> list[int]:
+    """One query's ranking as the searcher fuses: the candidates ``found`` (dense top-k,
+    ids -1 ignored) and ``lexical_ids`` (BM25 top list), each scored ``cosine[id] + weight *
+    BM25 / best`` (``lexical_scores(ids)`` gives BM25, absent = 0), best first; ties keep
+    candidate order (dense candidates first)."""
+    candidates = list(dict.fromkeys([*(int(i) for i in found if i >= 0),
+                                     *(int(i) for i in lexical_ids)]))
+    bm25 = lexical_scores(candidates) if weight > 0 and best > 0 else {}
+    fused = {i: float(cosine[i]) + (weight * bm25.get(i, 0.0) / best if bm25 else 0.0)
+             for i in candidates}
+    return sorted(candidates, key=lambda i: -fused[i])
+
+
 def _evaluate_product(deep_layer: int, deep: _Encoded, relevant: list[np.ndarray],
-                      recall_ks: tuple[int, ...], k: int = 100) -> ProductResult:
+                      recall_ks: tuple[int, ...], k: int = 100,
+                      lexical_weight: float = 0.0,
+                      documents: Sequence[Document] = (),
+                      queries: Sequence[Query] = ()) -> ProductResult:
     from .ann import HnswIndex  # hnswlib: only needed for this measurement
+    from .searcher import LEXICAL_CANDIDATES
 
     index = HnswIndex.create(deep.docs.shape[1], capacity=len(deep.docs))
     index.add(np.arange(len(deep.docs), dtype=np.int64), deep.docs)
     found, _ = index.search(deep.queries, min(k, len(deep.docs)))
     index.close()
-    ranks = ranks_from_order(np.asarray(found), relevant)  # ids -1 pad short rows
-    return ProductResult(deep_layer, k, Metrics.from_ranks(ranks, recall_ks))
+    found = np.asarray(found)
+    if lexical_weight <= 0:
+        ranks = ranks_from_order(found, relevant)  # ids -1 pad short rows
+        return ProductResult(deep_layer, k, Metrics.from_ranks(ranks, recall_ks))
+    if len(documents) != len(deep.docs) or len(queries) != len(deep.queries):
+        raise ValueError("fusing needs the suite's documents and queries")
+    import sqlite3
+
+    conn = sqlite3.connect(":memory:")  # the store's full-text index, over the corpus
+    try:
+        conn.execute(FTS_SCHEMA)
+        fts_insert(conn, enumerate(d.text for d in documents))
+        orders: list[list[int]] = []
+        for row, query in enumerate(queries):
+            tokens = identifier_tokens(query.text)
+            lex_ids, lex_scores = fts_search(conn, tokens, LEXICAL_CANDIDATES)
+            best = float(lex_scores[0]) if len(lex_scores) else 0.0
+            cosine = deep.docs @ deep.queries[row]
+            orders.append(fused_order(found[row], cosine, lex_ids,
+                                      lambda ids, t=tokens: fts_scores(conn, t, ids),
+                                      lexical_weight, best))
+    finally:
+        conn.close()
+    ranks = ranks_from_lists([[str(i) for i in o] for o in orders],
+                             [[str(int(r)) for r in rel] for rel in relevant])
+    return ProductResult(deep_layer, k, Metrics.from_ranks(ranks, recall_ks), lexical_weight)
 
 
 def evaluate(
@@ -495,9 +542,12 @@ def evaluate(
     bm25: bool = False,
     recall_ks: Sequence[int] = DEFAULT_RECALL_KS,
     progress: Callable[[str], None] | None = None,
+    lexical_weight: float = 0.1,
 ) -> SuiteResult:
     """Score ``suite`` with each of ``exits`` (default: all), the optional two-stage
     ``pipeline`` and the optional BM25 baseline. ``encoder=None`` runs BM25 alone.
+    ``lexical_weight`` is the fusion the search as shipped applies (the runtime's
+    ``lexical_weight`` setting, default 0.1; 0: the deep exit alone).
 
     Encode cost is the wall-clock time of encoding the corpus with each exit (after a short
     warm-up), relative to the deepest exit encoded.
@@ -535,9 +585,12 @@ def evaluate(
                 f"k={pipeline.k}")
             pipeline_result = _evaluate_pipeline(pipeline, encoded[pipeline.shallow],
                                                  encoded[pipeline.deep], relevant, ks)
-            say(f"{suite.name}: product search (HNSW over exit {pipeline.deep} vectors)")
+            say(f"{suite.name}: product search (HNSW over exit {pipeline.deep} vectors"
+                + (f" + BM25 w={lexical_weight:g})" if lexical_weight > 0 else ")"))
             product_result = _evaluate_product(pipeline.deep, encoded[pipeline.deep], relevant,
-                                               ks)
+                                               ks, lexical_weight=lexical_weight,
+                                               documents=suite.documents,
+                                               queries=suite.queries)
     bm25_result = None
     if bm25:
         say(f"{suite.name}: BM25 baseline")
@@ -582,8 +635,11 @@ def format_table(results: Sequence[SuiteResult]) -> str:
             rows.append([f"pipeline {p.shallow}->{p.deep}, K={p.k} (before the deep pass)",
                          *metric_cells(p.metrics), *no_cost])
         if res.product is not None:
-            rows.append([f"search as shipped (HNSW over exit {res.product.deep}, after the "
-                         f"deep pass)", *metric_cells(res.product.metrics), *no_cost])
+            fusion = (f" + BM25 w={res.product.lexical_weight:g}"
+                      if res.product.lexical_weight > 0 else "")
+            label = (f"search as shipped (HNSW over exit {res.product.deep}{fusion}, after "
+                     "the deep pass)")
+            rows.append([label, *metric_cells(res.product.metrics), *no_cost])
         if res.bm25 is not None:
             rows.append(["BM25", *metric_cells(res.bm25.metrics), *no_cost])
         lines = [head, "| " + " | ".join(columns) + " |",

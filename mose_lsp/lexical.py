@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 import re
+import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -61,6 +62,126 @@ def identifier_tokens(text: str) -> list[str]:
             parts = _split_unicode(word)
         tokens.extend(p.lower() for p in parts)
     return tokens
+
+
+TOKENS_VERSION = "1"
+"""Changes whenever :func:`identifier_tokens` splits text differently: a store records it and
+rebuilds its full-text index when it differs (the index's deletes re-tokenise the stored text,
+so they must see the tokens the insert saw)."""
+
+MAX_QUERY_TERMS = 64
+"""Distinct tokens a lexical query keeps (the first ones, in query order): bounds the cost of
+a long code query, in the store's full-text search and in ``mose eval`` alike."""
+
+
+def query_terms(query: str | Iterable[str], limit: int = MAX_QUERY_TERMS) -> list[str]:
+    """The distinct tokens of ``query`` (text, or tokens already split), in order, at most
+    ``limit``; empty strings are dropped."""
+    tokens = identifier_tokens(query) if isinstance(query, str) else query
+    out: dict[str, None] = {}
+    for token in tokens:
+        if isinstance(token, str) and token and token not in out:
+            out[token] = None
+            if len(out) >= limit:
+                break
+    return list(out)
+
+
+# -- SQLite FTS5 (the workspace store's lexical index; ``mose eval`` scores with the same code) --
+
+FTS_TABLE = "chunks_fts"
+FTS_SCHEMA = (f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5(tokens, content = '', "
+              "tokenize = 'unicode61 remove_diacritics 0')")
+"""Contentless FTS5 over :func:`identifier_tokens` joined by spaces, rowid = document id.
+Its score is FTS5's ``bm25()`` (k1 = 1.2, b = 0.75, idf = ln((N - df + 0.5) / (df + 0.5))
+floored at 1e-6, so a token in more than half the documents adds almost nothing, and a
+repeated query token counts once since queries are made of distinct tokens)."""
+
+_FTS_BATCH = 500  # ids per IN (...): below SQLite's oldest variable limit (999)
+
+
+def fts_text(text: str) -> str:
+    """What the full-text index stores for a document: its tokens joined by spaces."""
+    return " ".join(identifier_tokens(text))
+
+
+def fts_insert(conn: sqlite3.Connection, rows: Iterable[tuple[int, str]]) -> None:
+    """Index documents ``(id, text)`` (in the caller's transaction)."""
+    conn.executemany(f"INSERT INTO {FTS_TABLE} (rowid, tokens) VALUES (?, ?)",
+                     ((int(i), fts_text(text)) for i, text in rows))
+
+
+def fts_delete(conn: sqlite3.Connection, rows: Iterable[tuple[int, str]]) -> None:
+    """Remove documents ``(id, text)``: the text must be the one they were indexed with (a
+    contentless table can only subtract the tokens it is given)."""
+    conn.executemany(
+        f"INSERT INTO {FTS_TABLE} ({FTS_TABLE}, rowid, tokens) VALUES ('delete', ?, ?)",
+        ((int(i), fts_text(text)) for i, text in rows))
+
+
+def fts_query(query_tokens: Iterable[str]) -> str:
+    """An FTS5 MATCH expression: each distinct token (the first :data:`MAX_QUERY_TERMS`) as a
+    quoted string (inner quotes doubled), OR-ed; '' when there is none. Quoting makes FTS5
+    operators (AND, OR, NOT, NEAR, ``*``, ``^``, ``:``, parentheses) plain text."""
+    terms = query_terms(clean for t in query_tokens if isinstance(t, str)
+                        if (clean := _fts_clean(t)).strip())
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+def _fts_clean(token: str) -> str:
+    """Without what SQLite cannot take in a MATCH string: NUL (it ends the string early) and
+    lone surrogates (not UTF-8)."""
+    if token.isascii() and "\x00" not in token:
+        return token
+    return token.replace("\x00", "").encode("utf-8", "ignore").decode("utf-8")
+
+
+def fts_search(
+    conn: sqlite3.Connection, query_tokens: Iterable[str], k: int,
+    keep: Collection[int] | Callable[[int], bool] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` documents by BM25 (positive, best first; ties: lower id first) as ``(ids
+    int64, scores float64)``, restricted to the ids ``keep`` holds or accepts."""
+    match = fts_query(query_tokens)
+    ids: list[int] = []
+    scores: list[float] = []
+    if match and k >= 1:
+        accept = keep
+        if accept is not None and not callable(accept):
+            accept = {int(i) for i in accept}.__contains__
+        sql = (f"SELECT rowid, -bm25({FTS_TABLE}) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
+               "ORDER BY rank, rowid")
+        cursor = conn.execute(sql, (match,)) if accept is not None else conn.execute(
+            sql + " LIMIT ?", (match, int(k)))
+        try:
+            while len(ids) < k and (rows := cursor.fetchmany(256)):
+                for i, score in rows:
+                    if accept is None or accept(i):
+                        ids.append(int(i))
+                        scores.append(float(score))
+                        if len(ids) >= k:
+                            break
+        finally:
+            cursor.close()
+    return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float64)
+
+
+def fts_scores(conn: sqlite3.Connection, query_tokens: Iterable[str],
+               ids: Iterable[int]) -> dict[int, float]:
+    """BM25 of the documents ``ids`` (as :func:`fts_search` scores them); ids matching no
+    token are absent (score 0)."""
+    match = fts_query(query_tokens)
+    wanted = list(dict.fromkeys(int(i) for i in ids))
+    out: dict[int, float] = {}
+    if not match:
+        return out
+    for start in range(0, len(wanted), _FTS_BATCH):
+        part = wanted[start:start + _FTS_BATCH]
+        for i, score in conn.execute(
+            f"SELECT rowid, -bm25({FTS_TABLE}) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
+            f"AND rowid IN ({','.join('?' * len(part))})", (match, *part)):
+            out[int(i)] = float(score)
+    return out
 
 
 class BM25Index:

@@ -1,5 +1,9 @@
 """Two-stage search: shallow exit -> HNSW top-K -> deep-exit re-rank -> hits.
 
+With ``settings.lexical_weight`` w > 0 the candidates also include the chunks with the best
+BM25 scores (the store's full-text index over identifier-split tokens), and every candidate is
+scored ``deep cosine + w * BM25 / (the query's best BM25 in the workspace)``.
+
 Every chunk has a shallow vector (cheap, written on every edit); the candidates it finds are
 re-scored with the deep exit, using cached deep vectors where the background pass has made
 them and computing the few missing ones on the fly (and caching them). Scores are cosine
@@ -14,9 +18,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .indexer import WorkspaceIndex
+from .lexical import identifier_tokens
 from .store import ChunkRecord
 
 ON_THE_FLY_LIMIT = 64  # deep vectors computed per query at most; others keep shallow order
+LEXICAL_CANDIDATES = 50  # best BM25 chunks added to the candidates when fusing
+DEEP_CANDIDATES_FUSED = 50  # deep-index candidates (at least) when fusing
 
 
 @dataclass(frozen=True)
@@ -27,10 +34,11 @@ class Hit:
     symbol: str | None
     kind: str | None
     language: str | None
-    score: float
-    exit: int  # the exit layer whose cosine is ``score``
+    score: float  # cosine of ``exit``, plus the lexical part when fused
+    exit: int  # the exit layer whose cosine ``score`` holds
     chunk_id: int
     text: str
+    lexical: float = 0.0  # BM25 / the query's best BM25 (0..1; 0 when not fused)
 
     def to_json(self, root: str | None = None, snippet_lines: int | None = None) -> dict:
         data = asdict(self)
@@ -96,12 +104,33 @@ class Searcher:
                 ids, scores = self._shallow_everywhere(qs, k, flt)
             return self._hits(ids, dict(zip(ids, map(float, scores))), idx.index_exit)
         qd = self.model.encode([query.text], query.kind, idx.rerank_exit, langs)[0]
+        weight = float(idx.settings.lexical_weight)
+        lexical: dict[int, float] = {}  # chunk id -> BM25 / the query's best
+        extra: list[int] = []  # candidates found by BM25 alone
         deep_scores: dict[int, float] = {}
         if self.store.deep_ann is not None:
-            ids, scores = self.store.search_deep(qd, k, flt)
+            n_deep = max(k, DEEP_CANDIDATES_FUSED) if weight > 0 else k
+            ids, scores = self.store.search_deep(qd, n_deep, flt)
             deep_scores.update(zip(map(int, ids), map(float, scores)))
         fresh_ids, fresh_scores = self.store.search_fresh(qs, idx.settings.rerank_candidates, flt)
+        if weight > 0:
+            tokens = identifier_tokens(query.text)
+            lex_ids, lex_scores = self.store.lexical_search(tokens, LEXICAL_CANDIDATES, flt)
+            best = float(lex_scores[0]) if len(lex_scores) else 0.0
+            if flt is not None and len(lex_scores):  # the best in the whole workspace
+                top = self.store.lexical_search(tokens, 1)[1]
+                best = max(best, float(top[0]) if len(top) else 0.0)
+            if best > 0:
+                known = set(map(int, lex_ids))
+                others = [i for i in [*deep_scores, *map(int, fresh_ids)] if i not in known]
+                raw = {**dict(zip(map(int, lex_ids), map(float, lex_scores))),
+                       **self.store.lexical_scores(tokens, others)}
+                lexical = {i: v / best for i, v in raw.items()}
+                seen = set(deep_scores) | set(map(int, fresh_ids))
+                extra = [int(i) for i in lex_ids if int(i) not in seen]
         fresh = [int(i) for i in fresh_ids if int(i) not in deep_scores]
+        if extra:  # their deep vectors: cached, else computed on the fly like fresh ones
+            fresh += extra
         shallow = dict(zip(map(int, fresh_ids), map(float, fresh_scores)))
         if fresh:
             cached = self.store.get_vectors(idx.rerank_exit, fresh)
@@ -118,10 +147,13 @@ class Searcher:
                     self.store.put_vectors(idx.rerank_exit, todo, vecs)
             for i, vec in cached.items():
                 deep_scores[i] = float(vec @ qd)
+        if lexical:
+            deep_scores = {i: s + weight * lexical.get(i, 0.0) for i, s in deep_scores.items()}
         ranked = sorted(deep_scores, key=lambda i: -deep_scores[i])[:k]
-        hits = self._hits(ranked, deep_scores, idx.rerank_exit)
+        hits = self._hits(ranked, deep_scores, idx.rerank_exit, lexical)
         if len(hits) < k:  # fresh candidates beyond the on-the-fly budget: shallow order
-            rest = [i for i in fresh if i not in deep_scores][: k - len(hits)]
+            extras = set(extra)
+            rest = [i for i in fresh if i not in deep_scores and i not in extras][: k - len(hits)]
             hits += self._hits(rest, shallow, idx.index_exit)
         return hits
 
@@ -137,9 +169,12 @@ class Searcher:
         top = sorted(best, key=lambda i: -best[i])[:k]
         return top, [best[i] for i in top]
 
-    def _hits(self, ids: list[int], scores: dict[int, float], exit_layer: int) -> list[Hit]:
+    def _hits(self, ids: list[int], scores: dict[int, float], exit_layer: int,
+              lexical: dict[int, float] | None = None) -> list[Hit]:
         records = {r.id: r for r in self.store.get_chunks(ids)}
-        return [_hit(records[i], scores[i], exit_layer) for i in ids if i in records]
+        lex = lexical or {}
+        return [_hit(records[i], scores[i], exit_layer, lex.get(i, 0.0))
+                for i in ids if i in records]
 
     def chunks_at(self, path: str, start_line: int, end_line: int) -> list[ChunkRecord]:
         """Stored chunks of ``path`` overlapping the 0-based inclusive line range."""
@@ -179,7 +214,8 @@ def _slice_lines(chunks: list[ChunkRecord], start: int, end: int) -> str:
     return "\n".join(lines[n] for n in sorted(lines))
 
 
-def _hit(record: ChunkRecord, score: float, exit_layer: int) -> Hit:
+def _hit(record: ChunkRecord, score: float, exit_layer: int, lexical: float = 0.0) -> Hit:
     return Hit(record.path, record.start_line, record.end_line, record.symbol, record.kind,
-               record.language, float(score), exit_layer, record.id, record.text)
+               record.language, float(score), exit_layer, record.id, record.text,
+               float(lexical))
 

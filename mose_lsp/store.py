@@ -20,6 +20,15 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`):
   a column per exit) makes "which chunks still lack the deep vector" an index probe
   (``NOT EXISTS`` on the primary key), coverage a ``COUNT(*)`` on ``(exit_layer, chunk_id)``,
   and lets a model with other exits use the same schema.
+- ``chunks_fts``: FTS5 full-text index over each chunk's identifier-split tokens
+  (``lexical.identifier_tokens`` joined by spaces, tokenizer ``unicode61``), rowid = chunk id.
+  Contentless (``content=''``): it holds the inverted index only, not a second copy of the
+  text. It is written in the same transaction as the chunk rows: a new chunk is inserted, and
+  a chunk is removed (FTS5's ``'delete'`` command, which needs the tokens the insert saw)
+  from its stored text, just before its row goes. Reused and renamed chunks keep their rows,
+  and a model change leaves it alone (it holds no vectors). ``meta.lexical_tokens`` records
+  ``lexical.TOKENS_VERSION``; when the tokenizer changes, open rebuilds the table from the
+  chunks. Read with :meth:`Store.lexical_search` and :meth:`Store.lexical_scores` (BM25).
 
 Two vector indexes partition the chunks. Candidates should come from the best vector a chunk
 has: once the background pass has given a chunk its deep vector, the chunk is found through
@@ -88,7 +97,7 @@ import threading
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -106,13 +115,22 @@ from .ann import (
     normalize,
 )
 from .errors import StoreError
+from .lexical import (
+    FTS_SCHEMA,
+    FTS_TABLE,
+    TOKENS_VERSION,
+    fts_delete,
+    fts_insert,
+    fts_scores,
+    fts_search,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: chunks_fts (lexical search)
 DB_NAME = "store.sqlite3"
 DEEP, FRESH = "deep", "fresh"
 PARTITIONS = (DEEP, FRESH)
@@ -167,9 +185,32 @@ CREATE TABLE vectors (
     PRIMARY KEY (chunk_id, exit_layer)
 );
 CREATE INDEX vectors_by_exit ON vectors(exit_layer, chunk_id);
-"""
+""" + FTS_SCHEMA
 
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+def _fts_delete(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+    """Remove chunks from ``chunks_fts``; call while their rows (and text) still exist."""
+    for part in _batches(list(ids)):
+        fts_delete(conn, conn.execute(
+            f"SELECT id, text FROM chunks WHERE id IN ({_marks(len(part))})",
+            tuple(part)).fetchall())
+
+
+def _fts_fill(conn: sqlite3.Connection) -> None:
+    """(Re)build ``chunks_fts`` from every chunk and record the tokenizer version."""
+    conn.execute(f"INSERT INTO {FTS_TABLE} ({FTS_TABLE}) VALUES ('delete-all')")
+    cursor = conn.execute("SELECT id, text FROM chunks ORDER BY id")
+    while rows := cursor.fetchmany(1024):
+        fts_insert(conn, rows)
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('lexical_tokens', ?)",
+                 (TOKENS_VERSION,))
+
+
+def _migrate_1_lexical(conn: sqlite3.Connection) -> None:
+    conn.execute(FTS_SCHEMA)
+    _fts_fill(conn)
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_lexical}
 """Schema upgrades: ``_MIGRATIONS[v]`` turns version ``v`` into ``v + 1`` in place. A version
 with no path to :data:`SCHEMA_VERSION` is dropped and recreated (the store is a cache of the
 workspace; the indexer fills it again)."""
@@ -575,7 +616,11 @@ class Store:
                     log.warning("%s: schema %d cannot be migrated to %d; recreating the index",
                                 self.db_path, version, SCHEMA_VERSION)
                     self.reembed_reason = f"index schema {version} was replaced by {SCHEMA_VERSION}"
-                for name in tables:
+                virtual = {r[0] for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND "
+                    "sql LIKE 'CREATE VIRTUAL TABLE%'")}
+                # A virtual table first: dropping it drops its shadow tables.
+                for name in sorted(tables, key=lambda n: n not in virtual):
                     conn.execute(f'DROP TABLE IF EXISTS "{name}"')
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
@@ -587,6 +632,7 @@ class Store:
                     "rerank_exit": "" if self.rerank_exit is None else str(self.rerank_exit),
                     "generation": "0",
                     "created_at": str(time.time()),
+                    "lexical_tokens": TOKENS_VERSION,
                 })
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -622,6 +668,12 @@ class Store:
                 ("store_id", secrets.token_hex(8)),
                 *((_GEN_KEYS[part], "0") for part in PARTITIONS),
             ])
+            tokens = conn.execute(
+                "SELECT value FROM meta WHERE key = 'lexical_tokens'").fetchone()
+            if tokens is None or tokens[0] != TOKENS_VERSION:
+                log.info("%s: the identifier tokenizer changed; rebuilding the full-text index",
+                         self.index_dir)
+                _fts_fill(conn)
             if drop is None:
                 conn.execute("DELETE FROM vectors")
             for layer in drop or []:
@@ -1118,6 +1170,7 @@ class Store:
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (file_id, *fields, chunk.content_hash, chunk.text))
                         cid = int(cur.lastrowid)
+                        fts_insert(conn, [(cid, chunk.text)])
                         added.append(cid)
                         embed_ids.append(cid)
                         embed_rows.append(i)
@@ -1127,6 +1180,7 @@ class Store:
                     [(cid, self.index_exit, _blob(vectors[row]))
                      for cid, row in zip(embed_ids, embed_rows)])
                 removed = sorted(cid for ids in old.values() for cid in ids)
+                _fts_delete(conn, removed)
                 self._delete_chunks(conn, removed)
                 after = self._members(conn, chunk_ids)
                 written = {self.index_exit: {cid: vectors[row]
@@ -1140,6 +1194,7 @@ class Store:
         """Run ``delete`` (which drops the chunks ``ids``) and plan their removal from the
         vector indexes."""
         before = self._members(conn, ids)
+        _fts_delete(conn, ids)
         delete()
         return self._plan(before, {}, {}, txn)
 
@@ -1376,6 +1431,28 @@ class Store:
         ``deep_index=False`` to keep one shallow index over all chunks, as before).
         """
         return self.search_fresh(vector, k, filter)
+
+    def lexical_search(
+        self, query_tokens: Iterable[str], k: int,
+        filter_ids: Collection[int] | IdFilter | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` chunks with the best BM25 score (FTS5's ``bm25()``, negated so that
+        higher is better and every score is positive) for ``query_tokens`` (identifier-split,
+        as ``lexical.identifier_tokens`` makes them; a chunk matches if it has any of them),
+        best first, as ``(ids int64, scores float64)``. ``filter_ids`` (a set of ids, or a
+        predicate like the vector searches') restricts the chunks. Only the first
+        ``lexical.MAX_QUERY_TERMS`` distinct tokens count; no token gives empty arrays. Every
+        token is quoted, so no query is malformed."""
+        self._check_open()
+        with self._errors():
+            return fts_search(self._reader(), query_tokens, k, filter_ids)
+
+    def lexical_scores(self, query_tokens: Iterable[str], ids: Iterable[int]) -> dict[int, float]:
+        """BM25 scores (as :meth:`lexical_search` gives them) of the chunks ``ids`` for
+        ``query_tokens``; ids that match no token (or are not stored) are absent (score 0)."""
+        self._check_open()
+        with self._errors():
+            return fts_scores(self._reader(), query_tokens, ids)
 
     def stats(self) -> StoreStats:
         """Counts of files, chunks, skips, vectors per exit, coverage and disk use."""

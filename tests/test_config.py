@@ -31,3 +31,16 @@ def test_update_on_top_of_base():
     base, _ = Settings.from_dict({"limit": 7})
     updated, _ = Settings.from_dict({"debounceMs": 10}, base=base)
     assert updated.limit == 7 and updated.debounce_ms == 10
+
+
+def test_lexical_weight_is_a_number_in_0_1():
+    assert Settings().lexical_weight == 0.1
+    settings, warnings = Settings.from_dict({"lexicalWeight": 0.25})
+    assert warnings == [] and settings.lexical_weight == 0.25
+    settings, warnings = Settings.from_dict({"lexicalWeight": 0})  # JSON integer
+    assert warnings == [] and settings.lexical_weight == 0.0
+    assert isinstance(settings.lexical_weight, float)
+    for bad in (1.5, -0.1, float("nan"), float("inf"), True, "0.1", None):
+        settings, warnings = Settings.from_dict({"lexical_weight": bad})
+        assert settings.lexical_weight == 0.1, bad
+        assert len(warnings) == 1 and "lexical_weight" in warnings[0], bad

@@ -300,7 +300,8 @@ def test_pipeline_with_k_equal_to_the_corpus_is_the_deep_exit(encoder: ModelEnco
                                                              suite_path: Path) -> None:
     suite = load_suite(suite_path)
     n = len(suite.documents)
-    result = evaluate(encoder, suite, pipeline=PipelineSpec(1, 3, k=n), recall_ks=(1, 5, 10))
+    result = evaluate(encoder, suite, pipeline=PipelineSpec(1, 3, k=n), recall_ks=(1, 5, 10),
+                      lexical_weight=0)
     deep = next(e for e in result.exits if e.exit == 3)
     assert result.pipeline is not None
     assert result.pipeline.metrics == deep.metrics
@@ -401,3 +402,62 @@ def test_resolve_encoder(model_path: Path, tmp_path: Path) -> None:
         resolve_encoder(tmp_path)
     with pytest.raises(MoseError, match="does not exist"):
         resolve_encoder(tmp_path / "absent")
+
+
+def test_search_as_shipped_fuses_bm25_like_the_searcher(encoder: ModelEncoder,
+                                                        suite_path: Path) -> None:
+    import sqlite3
+
+    from mose_lsp.lexical import FTS_SCHEMA, fts_insert, fts_search
+
+    suite = load_suite(suite_path)
+    n = len(suite.documents)
+    plain = evaluate(encoder, suite, exits=[3], pipeline=PipelineSpec(1, 3, k=n),
+                     lexical_weight=0)
+    assert plain.product is not None and plain.product.lexical_weight == 0
+    assert plain.product.metrics.mrr == pytest.approx(plain.exits[0].metrics.mrr, abs=1e-9)
+    fused = evaluate(encoder, suite, exits=[3], pipeline=PipelineSpec(1, 3, k=n),
+                     lexical_weight=1.0)
+    assert fused.product is not None and fused.product.lexical_weight == 1.0
+    # The other rows do not depend on the weight.
+    assert fused.exits[0].metrics == plain.exits[0].metrics
+    assert fused.pipeline == plain.pipeline
+    # Oracle: every document (k = N) scored cosine + w * BM25 / the query's best BM25, with
+    # BM25 from the store's full-text index over the corpus.
+    conn = sqlite3.connect(":memory:")
+    conn.execute(FTS_SCHEMA)
+    fts_insert(conn, enumerate(d.text for d in suite.documents))
+    queries = _encode_by_kind(encoder, suite, 3)
+    docs = encoder.encode([d.text for d in suite.documents], "code", 3,
+                          [d.lang for d in suite.documents])
+    scores = queries @ docs.T
+    for row, query in enumerate(suite.queries):
+        ids, bm25 = fts_search(conn, identifier_tokens(query.text), n)
+        if len(bm25):
+            scores[row, ids] += 1.0 * bm25 / bm25[0]
+    conn.close()
+    want = mrr(relevant_ranks(scores, suite.relevant_indices()))
+    assert fused.product.metrics.mrr == pytest.approx(want, abs=1e-9)
+    assert fused.product.metrics.mrr != plain.product.metrics.mrr
+    assert "BM25 w=1" in format_table([fused])
+    assert results_to_json([fused])["suites"][0]["product"]["lexical_weight"] == 1.0
+
+
+def _encode_by_kind(encoder: ModelEncoder, suite, exit: int) -> np.ndarray:
+    """Each query with its own kind's input format, one at a time."""
+    return np.stack([encoder.encode([q.text], q.kind, exit, [q.lang])[0]
+                     for q in suite.queries])
+
+
+def test_eval_cli_lexical_weight_option(model_path: Path, suite_path: Path) -> None:
+    runner = CliRunner()
+    for weight, expected in (("0", 0.0), ("0.3", 0.3)):
+        result = runner.invoke(cli_app(), ["eval", str(suite_path), "--model", str(model_path),
+                                           "--exits", "3", "--lexical-weight", weight,
+                                           "--json", "-", "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        assert data["suites"][0]["product"]["lexical_weight"] == expected
+    result = runner.invoke(cli_app(), ["eval", str(suite_path), "--model", str(model_path),
+                                       "--lexical-weight", "1.5"])
+    assert result.exit_code != 0

@@ -182,7 +182,7 @@ def test_workspace_changes_while_closed(tmp_path, model, bad):
 
 
 def test_after_the_deep_pass_search_equals_exact_deep_ranking(workspace, tmp_path, model):
-    index = _open(workspace, tmp_path / "idx", model)
+    index = _open(workspace, tmp_path / "idx", model, lexicalWeight=0)  # the deep exit alone
     index.scan()
     while index.fill_deep(max_chunks=512):
         pass
@@ -200,4 +200,69 @@ def test_after_the_deep_pass_search_equals_exact_deep_ranking(workspace, tmp_pat
     # Shallow-only search (no re-rank) still covers every chunk.
     shallow = searcher.search(Query(query, k=5, rerank=False))
     assert len(shallow) == 5 and all(h.exit == index.index_exit for h in shallow)
+    index.close()
+
+
+RARE_PY = '''\
+def zorblax_quantile(values):
+    """Return the middle element."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+'''
+
+
+def _deep_cosines(index: WorkspaceIndex, model, query: str) -> dict[int, float]:
+    ids = sorted(index.store.chunk_ids())
+    deep = index.store.get_vectors(index.rerank_exit, ids)
+    qd = model.encode([query], "text", index.rerank_exit)[0]
+    return {i: float(deep[i] @ qd) for i in ids}
+
+
+def test_lexical_fusion_ranks_a_named_rare_identifier_first(workspace, tmp_path, model):
+    (workspace / "pkg" / "stats.py").write_text(RARE_PY)
+    index = _open(workspace, tmp_path / "idx", model, lexicalWeight=0.1)
+    index.scan()
+    while index.fill_deep(max_chunks=512):
+        pass
+    searcher = Searcher(index)
+    query = "zorblax quantile of a list"
+    target = next(c.id for c in index.store.file_chunks("pkg/stats.py")
+                  if c.symbol == "zorblax_quantile")
+    cosine = _deep_cosines(index, model, query)
+    hits = searcher.search(Query(query, k=5))
+    assert hits[0].chunk_id == target and hits[0].lexical == pytest.approx(1.0)
+    for h in hits:  # the fused score: deep cosine + w * BM25 / the query's best BM25
+        assert 0.0 <= h.lexical <= 1.0 and h.exit == index.rerank_exit
+        assert h.score == pytest.approx(cosine[h.chunk_id] + 0.1 * h.lexical, abs=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert "lexical" in hits[0].to_json() and hits[0].to_json()["score"] == hits[0].score
+    # Filters apply to the lexical candidates too.
+    js = searcher.search(Query(query, k=5, languages=("javascript",)))
+    assert js and all(h.language == "javascript" for h in js)
+    assert all(h.chunk_id != target for h in searcher.search(
+        Query(query, k=5, exclude_ids=frozenset({target}))))
+    index.close()
+
+    # Weight 0: exactly the deep exit's order, no lexical part.
+    index = _open(workspace, tmp_path / "idx", model, lexicalWeight=0)
+    hits = Searcher(index).search(Query(query, k=5))
+    exact = sorted(cosine, key=lambda i: -cosine[i])[:5]
+    assert [h.chunk_id for h in hits] == exact
+    assert all(h.lexical == 0.0 for h in hits)
+    assert [h.score for h in hits] == pytest.approx([cosine[i] for i in exact], abs=1e-5)
+    index.close()
+
+
+def test_lexical_candidates_without_deep_vectors_are_scored_on_the_fly(workspace, tmp_path,
+                                                                      model):
+    """Before the deep pass: a chunk found only by BM25 gets its deep vector on the fly."""
+    (workspace / "pkg" / "stats.py").write_text(RARE_PY)
+    index = _open(workspace, tmp_path / "idx", model, lexicalWeight=0.1, rerankCandidates=1)
+    index.scan()
+    target = next(c.id for c in index.store.file_chunks("pkg/stats.py")
+                  if c.symbol == "zorblax_quantile")
+    assert index.store.get_vectors(index.rerank_exit, [target]) == {}
+    hits = Searcher(index).search(Query("zorblax quantile of a list", k=3))
+    assert hits[0].chunk_id == target and hits[0].exit == index.rerank_exit
+    assert target in index.store.get_vectors(index.rerank_exit, [target])
     index.close()

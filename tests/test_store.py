@@ -19,6 +19,7 @@ import pytest
 
 from mose_lsp.ann import HnswIndex, HnswParams, sidecar_path
 from mose_lsp.errors import StoreError
+from mose_lsp.lexical import identifier_tokens
 from mose_lsp.store import (
     ChunkRow,
     FileMeta,
@@ -107,7 +108,33 @@ def snapshot(store: Store) -> dict:
                     vectors[(c.path, c.start_line, c.content_hash, layer)] = got[c.id].tobytes()
     files = {f.path: (f.size, f.mtime_ns, f.content_hash, f.language, f.skip_code)
              for f in store.all_files()}
-    return {"files": files, "chunks": chunks, "vectors": vectors}
+    return {"files": files, "chunks": chunks, "vectors": vectors,
+            "lexical": lexical_postings(store)}
+
+
+def lexical_postings(store: Store) -> dict[tuple, int]:
+    """The full-text index's postings read from SQLite ((term, chunk key) -> occurrences,
+    keyed by content), checked against the chunks' text: every stored chunk has exactly the
+    postings of its identifier tokens, and no other rowid has any."""
+    conn = sqlite3.connect(store.db_path)
+    try:
+        conn.execute("CREATE VIRTUAL TABLE temp.vocab USING fts5vocab(main, chunks_fts, "
+                     "'instance')")
+        found: dict[tuple[str, int], int] = {}
+        for term, doc in conn.execute("SELECT term, doc FROM temp.vocab"):
+            found[(term, doc)] = found.get((term, doc), 0) + 1
+        n_docs = conn.execute("SELECT COUNT(*) FROM chunks_fts").fetchone()[0]
+    finally:
+        conn.close()
+    records = [c for f in store.all_files() for c in store.file_chunks(f.path)]
+    want: dict[tuple[str, int], int] = {}
+    for c in records:
+        for token in identifier_tokens(c.text):
+            want[(token, c.id)] = want.get((token, c.id), 0) + 1
+    assert found == want
+    assert n_docs == len(records)
+    key = {c.id: (c.path, c.start_line, c.content_hash) for c in records}
+    return {(term, key[doc]): n for (term, doc), n in found.items()}
 
 
 def partition_truth(store: Store) -> dict[str, dict[int, np.ndarray]]:
@@ -351,6 +378,7 @@ def test_edit_sequence_equals_fresh_build(tmp_path: Path) -> None:
             fill_deep(store)
         if step % 20 == 19:
             assert_ann_matches_sqlite(store)
+            lexical_postings(store)
     fill_deep(store)
     assert_ann_matches_sqlite(store)
 
@@ -888,3 +916,106 @@ def test_concurrent_writer_and_readers(tmp_path: Path) -> None:
     assert not errors, errors
     assert_ann_matches_sqlite(store)
     store.close()
+
+
+# ----------------------------------------------------------------------------- lexical index
+
+
+def lexical(store: Store, text: str, k: int = 10, **kw) -> list[int]:
+    return store.lexical_search(identifier_tokens(text), k, **kw)[0].tolist()
+
+
+def test_lexical_index_follows_edits_deletes_renames_and_reopen(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "index")
+    a = put_file(store, "a.py", ["def parseHTTPResponse(raw):\n    return raw",
+                                 "def other_thing(x):\n    return x"])
+    put_file(store, "b.py", ["def unrelated(y):\n    return y * 2"])
+    ids, scores = store.lexical_search(["parse", "http", "response"], 5)
+    assert ids.tolist() == [a.chunk_ids[0]]
+    assert scores.dtype == np.float64 and scores[0] > 0
+    scored = store.lexical_scores(["other", "thing"], [*a.chunk_ids, 999])
+    assert list(scored) == [a.chunk_ids[1]] and scored[a.chunk_ids[1]] > 0
+    # The deep pass and a model change leave the full-text index alone.
+    fill_deep(store)
+    assert lexical(store, "parseHTTPResponse") == [a.chunk_ids[0]]
+
+    # Edit: the old identifier is gone, the new one found, the kept chunk keeps its id.
+    e = put_file(store, "a.py", ["def readJsonBody(raw):\n    return raw",
+                                 "def other_thing(x):\n    return x"])
+    assert e.reused == [a.chunk_ids[1]]
+    assert lexical(store, "parseHTTPResponse") == []
+    assert lexical(store, "read_json_body") == [e.added[0]]
+    assert lexical(store, "other thing") == [a.chunk_ids[1]]
+    # Filters: a set of ids or a predicate.
+    assert lexical(store, "return", filter_ids={e.added[0]}) == [e.added[0]]
+    assert lexical(store, "return", filter_ids=lambda i: i == a.chunk_ids[1]) == [a.chunk_ids[1]]
+
+    assert store.rename_file("a.py", "pkg/moved.py")  # keeps ids and postings
+    assert lexical(store, "readJsonBody") == [e.added[0]]
+    store.record_skip("b.py", meta_for(["x"]), "too-large", "too large")
+    assert lexical(store, "unrelated") == []
+    lexical_postings(store)
+    before = snapshot(store)
+    store.close()
+
+    reopened = open_store(tmp_path / "index", model_id="another-model@sha256:bbbb")
+    assert reopened.needs_reembed  # vectors dropped ...
+    assert lexical(reopened, "readJsonBody") == [e.added[0]]  # ... full text kept
+    assert snapshot(reopened)["lexical"] == before["lexical"]
+    assert reopened.delete_file("pkg/moved.py")
+    assert lexical(reopened, "readJsonBody other") == []
+    assert lexical_postings(reopened) == {}
+    reopened.close()
+
+
+@pytest.mark.parametrize("query", [
+    [], [""], ["   "], ['a"b'], ['"'], ['""'], ["AND"], ["OR", "NOT"], ["NEAR"], ["NEAR(a b)"],
+    ["*"], ["def*"], ["^def"], ["tokens:def"], ["(", ")"], ["-"], ["\x00"], ["a\x00b"],
+    ["\ud800"], ["def", "AND", "*"],
+    ["{tokens}"], ["é"], [str(i) for i in range(10_000)], ["x" * 100_000],
+])
+def test_lexical_queries_never_raise(store: Store, query: list[str]) -> None:
+    put_file(store, "q.py", ['def quoted(s):\n    return "a\\"b" AND s * NEAR(1)'])
+    ids, scores = store.lexical_search(query, 5)
+    assert len(ids) == len(scores) <= 5 and (scores > 0).all()
+    assert set(store.lexical_scores(query, ids.tolist())) <= set(ids.tolist())
+    assert store.lexical_search(query, 0)[0].tolist() == []
+
+
+def test_lexical_query_operators_are_plain_words(store: Store) -> None:
+    plain = put_file(store, "p.py", ["def near_and_or(x):\n    return x"])
+    put_file(store, "o.py", ["def other(y):\n    return y"])
+    # Unquoted, "near AND or" would be an FTS5 expression; here each word is a token.
+    assert lexical(store, "NEAR AND OR") == plain.chunk_ids
+    assert store.lexical_search(["near", "*"], 5)[0].tolist() == plain.chunk_ids
+
+
+def test_schema_1_store_is_migrated_with_its_full_text_index(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "index")
+    a = put_file(store, "a.py", ["def levenshteinDistance(a, b):\n    return 0"])
+    fill_deep(store)
+    store.close()
+    conn = sqlite3.connect(tmp_path / "index" / "store.sqlite3")
+    conn.execute("DROP TABLE chunks_fts")  # what schema 1 had
+    conn.execute("DELETE FROM meta WHERE key = 'lexical_tokens'")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    migrated = open_store(tmp_path / "index")
+    assert migrated.reembed_reason is None and not migrated.needs_reembed  # nothing dropped
+    assert migrated.recovery == {"deep": "loaded", "fresh": "loaded"}
+    assert lexical(migrated, "levenshtein distance") == a.chunk_ids
+    lexical_postings(migrated)
+    migrated.close()
+
+    # A tokenizer version other than this mose's rebuilds the table from the chunks.
+    conn = sqlite3.connect(tmp_path / "index" / "store.sqlite3")
+    conn.execute("UPDATE meta SET value = 'old' WHERE key = 'lexical_tokens'")
+    conn.execute("INSERT INTO chunks_fts (rowid, tokens) VALUES (12345, 'stale words')")
+    conn.commit()
+    conn.close()
+    rebuilt = open_store(tmp_path / "index")
+    assert lexical(rebuilt, "stale words") == []
+    assert lexical(rebuilt, "levenshteinDistance") == a.chunk_ids
+    lexical_postings(rebuilt)
+    rebuilt.close()
