@@ -420,13 +420,22 @@ class RetrievalLoss(nn.Module):
     def __init__(self, exit_layers: Sequence[int], weights: str | Sequence[float] = "linear",
                  num_layers: int | None = None, contrastive: InfoNCELoss | None = None,
                  distill: SimilarityDistillation | None = None, distill_weight: float = 1.0,
-                 anchor: EmbeddingAnchor | None = None, anchor_weight: float = 1.0):
+                 anchor: EmbeddingAnchor | None = None,
+                 anchor_weight: float | Sequence[float] = 1.0):
         super().__init__()
-        if distill_weight < 0 or anchor_weight < 0:
+        n_exits = len(tuple(exit_layers))
+        anchor_weights = ([float(anchor_weight)] * n_exits
+                          if isinstance(anchor_weight, (int, float)) else
+                          [float(w) for w in anchor_weight])
+        if len(anchor_weights) != n_exits:
+            raise ValueError(f"anchor_weight lists {len(anchor_weights)} weights for "
+                             f"{n_exits} exits")
+        if distill_weight < 0 or min(anchor_weights) < 0:
             raise ValueError("distill_weight and anchor_weight must be non-negative")
         self.multi = MultiExitLoss(contrastive or InfoNCELoss(), exit_layers, weights, num_layers)
         self.distill, self.distill_weight = distill, float(distill_weight)
-        self.anchor, self.anchor_weight = anchor, float(anchor_weight)
+        # one anchor coefficient per exit (a single float: the same at every exit)
+        self.anchor, self.anchor_weights = anchor, anchor_weights
 
     @property
     def exit_layers(self) -> tuple[int, ...]:
@@ -451,5 +460,5 @@ class RetrievalLoss(nn.Module):
             for i, layer in enumerate(layers):
                 # both sides summed, as in FINDINGS run 2
                 value = self.anchor(q[i], teacher_q) + self.anchor(d[i], teacher_d)
-                out.add_term(layer, "anchor", value, self.anchor_weight)
+                out.add_term(layer, "anchor", value, self.anchor_weights[i])
         return out
