@@ -93,9 +93,8 @@ def test_incremental_updates_equal_a_fresh_index(workspace, tmp_path, model):
         assert vec is not None and incremental["chunks"][key] is not None
         a = np.frombuffer(vec, np.float32)
         b = np.frombuffer(incremental["chunks"][key], np.float32)
-        # Same text, same model; int8 dynamic quantisation scales activations per batch, so a
-        # chunk embedded in another batch differs slightly.
-        assert float(a @ b) > 0.995, key
+        # Same text, same model: the same vector, whatever else was embedded with it.
+        assert float(a @ b) > 0.99999, key
     assert incremental["ann_matches_sqlite"] and expected["ann_matches_sqlite"]
 
 
