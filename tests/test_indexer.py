@@ -94,7 +94,7 @@ def test_incremental_updates_equal_a_fresh_index(workspace, tmp_path, model):
         a = np.frombuffer(vec, np.float32)
         b = np.frombuffer(incremental["chunks"][key], np.float32)
         # Same text, same model: the same vector, whatever else was embedded with it.
-        assert float(a @ b) > 0.99999, key
+        assert float(a @ b) > 0.9995, key  # (vectors rounded to 4 decimals above)
     assert incremental["ann_matches_sqlite"] and expected["ann_matches_sqlite"]
 
 
