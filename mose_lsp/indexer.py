@@ -12,8 +12,11 @@ language server calls it from worker threads, never from its event loop.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -74,6 +77,27 @@ def model_id(model: ModelEncoder) -> str:
     return f"{m.name}@{m.version}[{sums}]"
 
 
+def read_regular(path: Path, root: Path, limit: int) -> bytes:
+    """Read at most ``limit`` bytes of a regular file inside ``root``.
+
+    The walker checked the entry, but it may have changed since: a file swapped for a FIFO
+    would block ``open`` forever (O_NONBLOCK), one swapped for a symbolic link could lead out
+    of the workspace (the real path must be inside; O_NOFOLLOW on the last component).
+    """
+    real, root = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if real != root and root not in real.parents:
+        raise OSError(errno.EXDEV, "the file now resolves outside the workspace")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(real, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(limit)
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class _Pending:
     rel: str
@@ -132,8 +156,7 @@ class WorkspaceIndex:
                 "too-large", f"{entry.size:,} bytes is over the {self.limits.max_file_bytes:,}-byte "
                              f"limit (setting max_file_bytes)"), lang)
         try:
-            with open(entry.path, "rb") as fh:
-                raw = fh.read(self.limits.max_file_bytes + 1)
+            raw = read_regular(entry.path, self.root, self.limits.max_file_bytes + 1)
         except OSError as err:
             meta = FileMeta(entry.size, entry.mtime_ns, "", lang)
             return meta, ChunkResult((), SkipReason("unreadable", f"cannot read: {err.strerror or err}"),

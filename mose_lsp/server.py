@@ -1079,10 +1079,14 @@ class MoseService:
         def job() -> list[tuple[Folder, Hit]]:
             text = buffer
             if text is None:
-                try:
-                    text = (own.root / rel).read_text(encoding="utf-8", errors="replace")
+                from .indexer import read_regular
+
+                try:  # a regular file inside the folder only, and no more than is indexed
+                    raw = read_regular(own.root / rel, own.root, max_bytes + 1)
                 except OSError as err:
-                    raise ParamsError(f"mose.similar: cannot read {rel}: {err.strerror}") from err
+                    raise ParamsError(f"mose.similar: cannot read {rel}: "
+                                      f"{err.strerror or err}") from err
+                text = raw.decode("utf-8", errors="replace")
             q = _query_from_text(rel, text, args, max_bytes)
             extra = 8 if q.lines is not None else min(200, len(text.splitlines()) // 5 + 8)
             query = Query(q.text, "code", lang=q.lang, k=k + extra,
