@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 
 from mose_lsp.encoder import ModelEncoder
-from mose_lsp.evaluate import dense_ranks, load_suites, mrr
+from mose_lsp.evaluate import load_suites, mrr
 from mose_lsp.lexical import BM25Index
 
 

@@ -11,7 +11,7 @@ import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,22 +19,24 @@ from .cli import app
 from .config import Settings
 from .errors import MoseError
 from .eval_cli import register as _register_eval
+from .serve_cli import register as _register_serve
 from .walker import iter_files
 
 _register_eval(app)
+_register_serve(app)
 
 WorkspaceOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--workspace", "-w", help="Workspace folder (default: the enclosing git "
                  "repository, or the current folder)."),
 ]
 ModelOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--model", help="Model directory from 'mose export' (default: the embedded "
                  "model)."),
 ]
 IndexDirOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--index-dir", help="Where the index lives (default: a per-workspace folder "
                  "in the user cache)."),
 ]
@@ -68,8 +70,8 @@ def _progress(enabled: bool, label: str):
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
@@ -131,7 +133,7 @@ def _print_hits(hits, root: Path, as_json: bool, extra: dict | None = None) -> N
 
 @app.command("index")
 def index_command(
-    path: Annotated[Optional[Path], typer.Argument(help="Workspace folder (default: current).")] = None,
+    path: Annotated[Path | None, typer.Argument(help="Workspace folder (default: current).")] = None,
     model: ModelOpt = None,
     index_dir: IndexDirOpt = None,
     deep: Annotated[bool, typer.Option("--deep/--no-deep",
@@ -172,8 +174,8 @@ def search_command(
     query: Annotated[str, typer.Argument(help="What to look for, in words (or code with --code).")],
     k: Annotated[int, typer.Option("-k", "--limit", help="Number of results.")] = 10,
     code: Annotated[bool, typer.Option("--code", help="The query is code, not words.")] = False,
-    lang: Annotated[list[str], typer.Option("--lang", help="Only these languages (repeatable).")] = [],
-    path_glob: Annotated[Optional[str], typer.Option("--path", help="Only paths matching this glob.")] = None,
+    lang: Annotated[list[str] | None, typer.Option("--lang", help="Only these languages (repeatable).")] = None,
+    path_glob: Annotated[str | None, typer.Option("--path", help="Only paths matching this glob.")] = None,
     update: Annotated[bool, typer.Option("--update/--no-update",
                                          help="Bring the index up to date first.")] = True,
     workspace: WorkspaceOpt = None,
@@ -192,7 +194,7 @@ def search_command(
         if update:
             _update(index, not as_json, deep=False)
         hits = Searcher(index).search(Query(query, "code" if code else "text", k=k,
-                                            languages=tuple(lang), path_glob=path_glob))
+                                            languages=tuple(lang or ()), path_glob=path_glob))
     finally:
         index.close()
     _print_hits(hits, index.root, as_json, {"query": query})
@@ -205,8 +207,8 @@ _TARGET = re.compile(r"^(?P<file>.+?)(?::(?P<start>\d+)(?:-(?P<end>\d+))?)?$")
 def similar_command(
     target: Annotated[str, typer.Argument(help="FILE, FILE:LINE or FILE:START-END (1-based).")],
     k: Annotated[int, typer.Option("-k", "--limit", help="Number of results.")] = 10,
-    lang: Annotated[list[str], typer.Option("--lang", help="Only these languages (repeatable).")] = [],
-    path_glob: Annotated[Optional[str], typer.Option("--path", help="Only paths matching this glob.")] = None,
+    lang: Annotated[list[str] | None, typer.Option("--lang", help="Only these languages (repeatable).")] = None,
+    path_glob: Annotated[str | None, typer.Option("--path", help="Only paths matching this glob.")] = None,
     workspace: WorkspaceOpt = None,
     model: ModelOpt = None,
     index_dir: IndexDirOpt = None,
@@ -234,14 +236,14 @@ def similar_command(
         if rel is None or start is None:
             text = file.read_text(encoding="utf-8", errors="replace")
             hits = searcher.similar(rel or file.name, 0, None, k=k, text=text,
-                                    languages=tuple(lang), path_glob=path_glob)
+                                    languages=tuple(lang or ()), path_glob=path_glob)
             if rel is not None:  # the file itself is not "similar to itself"
                 hits = [h for h in hits if h.path != rel][:k]
         else:
             if not searcher.chunks_at(rel, start, start if end is None else end):
                 raise MoseError(f"{rel}:{start + 1} has no indexed code (the file is skipped "
                                 f"or the line is past its end); see 'mose status'")
-            hits = searcher.similar(rel, start, end, k=k, languages=tuple(lang),
+            hits = searcher.similar(rel, start, end, k=k, languages=tuple(lang or ()),
                                     path_glob=path_glob)
     finally:
         index.close()
@@ -295,4 +297,3 @@ def status_command(
     if len(skips) > len(shown):
         typer.echo(f"  ... {len(skips) - len(shown)} more (--skipped lists all)")
 
-from .serve_cli import register as _register_serve; _register_serve(app)

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from .indexer import WorkspaceIndex
 from .lexical import identifier_tokens
 from .store import ChunkRecord

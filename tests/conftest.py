@@ -27,7 +27,7 @@ def model_path(tmp_path_factory) -> Path:
     if (default / MANIFEST).is_file():
         return default
     pytest.importorskip("torch", reason="no embedded model and no torch to export one")
-    from mose_export.exporter import export_model  # noqa: PLC0415
+    from mose_export.exporter import export_model
 
     out = tmp_path_factory.mktemp("model") / "minilm"
     export_model("all-minilm-l6-v2", out, exits=(2, 6))

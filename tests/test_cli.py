@@ -74,7 +74,7 @@ def test_index_search_similar_status_json(workspace, tmp_path, model_path):
 def test_errors_are_messages_with_exit_code_1(args, message, tmp_path):
     mose = shutil.which("mose") or pytest.skip("console script not installed")
     proc = subprocess.run([mose, *args, "--index-dir", str(tmp_path / "i")],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and message in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -84,13 +84,14 @@ def test_similar_rejects_a_line_without_code(workspace, tmp_path, model_path):
     common = ["--model", str(model_path), "--index-dir", str(tmp_path / "idx")]
     proc = subprocess.run(
         [sys.executable, "-m", "mose_lsp", "similar", f"{workspace / 'pkg' / 'strings.py'}:999",
-         "-w", str(workspace), *common], capture_output=True, text=True, timeout=300)
+         "-w", str(workspace), *common], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 1 and "has no indexed code" in proc.stderr
 
 
 def test_runtime_cli_never_imports_torch():
     code = ("import sys, mose_lsp.cli as c; c._register_runtime_commands(); c._add_plugins(); "
             "import mose_lsp.indexer, mose_lsp.searcher; print('torch' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import PLANTED_PY, make_workspace
+
 from mose_lsp.config import Settings
 from mose_lsp.indexer import OVERLAY_MTIME, WorkspaceIndex
 from mose_lsp.searcher import Query, Searcher
