@@ -245,12 +245,17 @@ def test_kill_9_during_first_index_and_updates_never_leaves_a_wrong_index(
     started = time.monotonic()
 
     # Phase 1: first indexes (scan + deep pass), killed; each completed one starts over.
+    # The kill delay adapts to how long a run takes here, so that kills spread over the run
+    # (a run that finished first shortens it, a kill lengthens it).
+    delay = 5.0
     while kills < first_kills:
         rounds += 1
-        if _run_and_kill(root, index_dir, model_path, "scan", [], rng, max_delay=5.0):
+        if _run_and_kill(root, index_dir, model_path, "scan", [], rng, max_delay=delay):
             kills += 1
+            delay = min(8.0, delay * 1.1)
         else:
             completed += 1
+            delay = max(0.3, delay * 0.7)
         index = WorkspaceIndex.open(root, settings, model)
         try:
             chunk_counts.append(_check_invariants(index))
@@ -268,15 +273,18 @@ def test_kill_9_during_first_index_and_updates_never_leaves_a_wrong_index(
 
     # Phase 2: incremental updates (watcher-style update_paths, or a catch-up scan), killed.
     serial = 0
+    delay = 4.0
     while kills < KILLS:
         rounds += 1
         touched = _edit(root, rng, serial)
         serial += 10
         mode = rng.choice(["update", "scan"])
-        if _run_and_kill(root, index_dir, model_path, mode, touched, rng, max_delay=4.0):
+        if _run_and_kill(root, index_dir, model_path, mode, touched, rng, max_delay=delay):
             kills += 1
+            delay = min(8.0, delay * 1.1)
         else:
             completed += 1
+            delay = max(0.3, delay * 0.7)
         index = WorkspaceIndex.open(root, settings, model)
         try:
             _check_invariants(index)
