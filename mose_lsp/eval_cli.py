@@ -114,7 +114,7 @@ def eval_command(
              "exits.")] = None,
     k: Annotated[int, typer.Option(
         "--k", min=1, help="Candidates the shallow exit passes on (the searcher re-ranks "
-                           "up to 64 fresh candidates per query).")] = 64,
+                           "up to 16 fresh candidates per query).")] = 16,
     recall_at: Annotated[str, typer.Option(
         help="Comma-separated K for Recall@K.")] = ",".join(map(str, DEFAULT_RECALL_KS)),
     lexical_weight: Annotated[float, typer.Option(

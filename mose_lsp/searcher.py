@@ -19,7 +19,10 @@ from .indexer import WorkspaceIndex
 from .lexical import identifier_tokens
 from .store import ChunkRecord
 
-ON_THE_FLY_LIMIT = 64  # deep vectors computed per query at most; others keep shallow order
+# Deep vectors computed per query at most (fresh candidates, best shallow first); the others
+# keep shallow order. Each costs a deep-exit encode (~25 ms on 2 cores), so this bounds a
+# query's latency before the background pass has reached the whole workspace.
+ON_THE_FLY_LIMIT = 16
 LEXICAL_CANDIDATES = 50  # best BM25 chunks added to the candidates when fusing
 DEEP_CANDIDATES_FUSED = 50  # deep-index candidates (at least) when fusing
 
