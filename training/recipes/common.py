@@ -864,3 +864,40 @@ def restore_run_state(path: str | Path, *, name: str, config: Any, dist: DistInf
                     len(rngs), dist.world_size)
         seed_everything(config.seed + 7919 * step + dist.rank)
     return step
+
+
+class Recipe:
+    """What the pretraining and fine-tuning recipes share: checkpoints, resume, shutdown.
+
+    Subclasses set ``name``, ``config``, ``dist``, ``module``, ``encoder``, ``optimizer``,
+    ``scheduler``, ``batches``, ``step`` and ``tokenizer_path`` in ``setup`` and implement
+    ``setup(resume_from)`` and ``train()``.
+    """
+
+    def save_checkpoint(self, final: bool = False) -> Path:
+        """Step checkpoint (resumable) or the final model; every rank must call it."""
+        return save_run_checkpoint(
+            name=self.name, config=self.config, dist=self.dist, module=self.module,
+            encoder=self.encoder, optimizer=self.optimizer, scheduler=self.scheduler,
+            batches=self.batches, step=self.step, tokenizer_path=self.tokenizer_path,
+            final=final)
+
+    def resume(self, path: str | Path) -> None:
+        """Restore optimiser, schedule, step, data position and RNG states (the weights were
+        loaded in setup from the same folder)."""
+        self.step = restore_run_state(
+            path, name=self.name, config=self.config, dist=self.dist, module=self.module,
+            optimizer=self.optimizer, scheduler=self.scheduler, batches=self.batches)
+
+    def close(self) -> None:
+        shutdown_distributed()
+
+
+def run_recipe(recipe, resume_from: str | Path | None = None):
+    """Set up, train and shut down ``recipe`` (a :class:`Recipe`); returns it."""
+    recipe = recipe.setup(resume_from)
+    try:
+        recipe.train()
+    finally:
+        recipe.close()
+    return recipe

@@ -244,7 +244,7 @@ def load_repositories(cfg: PretrainDataConfig):
 # ============================================================================================
 
 
-class PretrainRecipe:
+class PretrainRecipe(common.Recipe):
     """setup -> train -> save_checkpoint (and resume)."""
 
     name = "pretrain"
@@ -419,32 +419,7 @@ class PretrainRecipe:
                      else v) for k, v in record.items()}
         self.metrics.write(shown)
 
-    # -- checkpoints -------------------------------------------------------------------------
-
-    def save_checkpoint(self, final: bool = False) -> Path:
-        """Step checkpoint (resumable) or the final model; every rank must call it."""
-        return common.save_run_checkpoint(
-            name=self.name, config=self.config, dist=self.dist, module=self.module,
-            encoder=self.encoder, optimizer=self.optimizer, scheduler=self.scheduler,
-            batches=self.batches, step=self.step, tokenizer_path=self.tokenizer_path,
-            final=final)
-
-    def resume(self, path: str | Path) -> None:
-        """Restore optimiser, schedule, step, data position and RNG states (the weights were
-        loaded in setup from the same folder)."""
-        self.step = common.restore_run_state(
-            path, name=self.name, config=self.config, dist=self.dist, module=self.module,
-            optimizer=self.optimizer, scheduler=self.scheduler, batches=self.batches)
-
-    def close(self) -> None:
-        common.shutdown_distributed()
-
 
 def run(config: PretrainConfig, resume_from: str | Path | None = None) -> PretrainRecipe:
     """Set up, train, save; the CLI's entry."""
-    recipe = PretrainRecipe(config).setup(resume_from)
-    try:
-        recipe.train()
-    finally:
-        recipe.close()
-    return recipe
+    return common.run_recipe(PretrainRecipe(config), resume_from)
