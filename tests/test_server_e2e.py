@@ -293,7 +293,13 @@ async def test_server_end_to_end(tmp_path, model_path):
             lsp.WORKSPACE_EXECUTE_COMMAND, lsp.ExecuteCommandParams(
                 command="mose.reindex", arguments=[{"folder": uri(ws1), "rebuild": True}]),
             msg_id="rebuild-ws1"))
-        await asyncio.sleep(0.3)
+        # Cancel as soon as the rebuild's scan has begun (a fixed sleep raced with a fast scan
+        # of this small folder on an idle machine: the answer came before the cancel).
+        def rebuild_began() -> bool:
+            return len([r for r in client.progress_reports.values() if r and getattr(
+                r[0], "title", "") == "mose: indexing ws1"]) >= 2
+
+        await until(rebuild_began, "the rebuild's scan to begin", every=0.01)
         client.protocol.notify(lsp.CANCEL_REQUEST, lsp.CancelParams(id="rebuild-ws1"))
         with pytest.raises(JsonRpcException) as info:
             await asyncio.wait_for(rebuild, TIMEOUT)
