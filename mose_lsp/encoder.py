@@ -196,6 +196,10 @@ class ExitEncoder:
         # 776 MB vs 448 MB RSS after encoding 256 long functions); without it, memory returns
         # to the allocator after each batch at a small speed cost.
         options.enable_cpu_mem_arena = False
+        # Idle threads sleep instead of spinning after a run: spinning held both cores for a
+        # while after each query encode and doubled the p95 of the full-text ranking that
+        # follows at 100k chunks (benchmarks/workspace_bench.py), for ~10% encode speed.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options,
                                                  providers=["CPUExecutionProvider"])

@@ -26,7 +26,14 @@ import numpy as np
 
 from .encoder import EncodeCost, timed_encode
 from .errors import MoseError
-from .lexical import FTS_SCHEMA, BM25Index, fts_insert, fts_scores, fts_search, identifier_tokens
+from .lexical import (
+    FTS_SCHEMA,
+    BM25Index,
+    fts_insert,
+    fts_search,
+    identifier_tokens,
+    lexical_signal,
+)
 
 KINDS = ("text", "code")
 CORPUS_FILE = "corpus.jsonl"
@@ -479,18 +486,15 @@ def _evaluate_pipeline(spec: PipelineSpec, shallow: _Encoded, deep: _Encoded,
                           candidate_recall)
 
 
-def fused_order(found: np.ndarray, cosine: np.ndarray, lexical_ids: np.ndarray,
-                 lexical_scores: Callable[[list[int]], dict[int, float]], weight: float,
-                 best: float) -> list[int]:
+def fused_order(found: np.ndarray, cosine: np.ndarray, lexical: dict[int, float],
+                lexical_top: Sequence[int], weight: float) -> list[int]:
     """One query's ranking as the searcher fuses: the candidates ``found`` (dense top-k,
-    ids -1 ignored) and ``lexical_ids`` (BM25 top list), each scored ``cosine[id] + weight *
-    BM25 / best`` (``lexical_scores(ids)`` gives BM25, absent = 0), best first; ties keep
-    candidate order (dense candidates first)."""
+    ids -1 ignored) and ``lexical_top`` (BM25 top list), each scored ``cosine[id] + weight *
+    lexical[id]`` (:func:`~mose_lsp.lexical.lexical_signal`'s BM25 / best, absent = 0), best
+    first; ties keep candidate order (dense candidates first)."""
     candidates = list(dict.fromkeys([*(int(i) for i in found if i >= 0),
-                                     *(int(i) for i in lexical_ids)]))
-    bm25 = lexical_scores(candidates) if weight > 0 and best > 0 else {}
-    fused = {i: float(cosine[i]) + (weight * bm25.get(i, 0.0) / best if bm25 else 0.0)
-             for i in candidates}
+                                     *(int(i) for i in lexical_top)]))
+    fused = {i: float(cosine[i]) + weight * lexical.get(i, 0.0) for i in candidates}
     return sorted(candidates, key=lambda i: -fused[i])
 
 
@@ -500,7 +504,7 @@ def _evaluate_product(deep_layer: int, deep: _Encoded, relevant: list[np.ndarray
                       documents: Sequence[Document] = (),
                       queries: Sequence[Query] = ()) -> ProductResult:
     from .ann import HnswIndex  # hnswlib: only needed for this measurement
-    from .searcher import LEXICAL_CANDIDATES
+    from .searcher import LEXICAL_CANDIDATES, LEXICAL_DEPTH
 
     index = HnswIndex.create(deep.docs.shape[1], capacity=len(deep.docs))
     index.add(np.arange(len(deep.docs), dtype=np.int64), deep.docs)
@@ -521,12 +525,10 @@ def _evaluate_product(deep_layer: int, deep: _Encoded, relevant: list[np.ndarray
         orders: list[list[int]] = []
         for row, query in enumerate(queries):
             tokens = identifier_tokens(query.text)
-            lex_ids, lex_scores = fts_search(conn, tokens, LEXICAL_CANDIDATES)
-            best = float(lex_scores[0]) if len(lex_scores) else 0.0
+            lexical, top = lexical_signal(*fts_search(conn, tokens, LEXICAL_DEPTH),
+                                          LEXICAL_CANDIDATES)
             cosine = deep.docs @ deep.queries[row]
-            orders.append(fused_order(found[row], cosine, lex_ids,
-                                      lambda ids, t=tokens: fts_scores(conn, t, ids),
-                                      lexical_weight, best))
+            orders.append(fused_order(found[row], cosine, lexical, top, lexical_weight))
     finally:
         conn.close()
     ranks = ranks_from_lists([[str(i) for i in o] for o in orders],

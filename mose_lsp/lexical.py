@@ -20,6 +20,7 @@ code search on the transcoder-dev suites (about 2.6 MRR points on python-java).
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import sqlite3
@@ -74,8 +75,7 @@ MAX_QUERY_TERMS = 64
 #: words: they match most chunks, so FTS5 scores nearly every row for almost no BM25 weight
 #: (measured on 100k chunks: "render a table in the terminal" 92 ms -> 12 ms).
 QUERY_STOP_WORDS = frozenset(
-    "a an the and or of to in on at by for from with into is are be was were as it its this "
-    "that these those how what which do does".split())
+    ["a", "an", "the", "and", "or", "of", "to", "in", "on", "at", "by", "for", "from", "with", "into", "is", "are", "be", "was", "were", "as", "it", "its", "this", "that", "these", "those", "how", "what", "which", "do", "does"])
 """Distinct tokens a lexical query keeps (the first ones, in query order): bounds the cost of
 a long code query, in the store's full-text search and in ``mose eval`` alike."""
 
@@ -102,9 +102,6 @@ FTS_SCHEMA = (f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5(tokens, content = ''
 Its score is FTS5's ``bm25()`` (k1 = 1.2, b = 0.75, idf = ln((N - df + 0.5) / (df + 0.5))
 floored at 1e-6, so a token in more than half the documents adds almost nothing, and a
 repeated query token counts once since queries are made of distinct tokens)."""
-
-_FTS_BATCH = 500  # ids per IN (...): below SQLite's oldest variable limit (999)
-
 
 def fts_text(text: str) -> str:
     """What the full-text index stores for a document: its tokens joined by spaces."""
@@ -147,9 +144,12 @@ def _fts_clean(token: str) -> str:
 def fts_search(
     conn: sqlite3.Connection, query_tokens: Iterable[str], k: int,
     keep: Collection[int] | Callable[[int], bool] | None = None,
+    rowids: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` documents by BM25 (positive, best first; ties: lower id first) as ``(ids
-    int64, scores float64)``, restricted to the ids ``keep`` holds or accepts."""
+    int64, scores float64)``, restricted to the ids ``keep`` holds or accepts and to the
+    inclusive id range ``rowids``. A range changes no score (BM25's statistics are the whole
+    table's), so the best of several ranges' lists are the best of the table."""
     match = fts_query(query_tokens)
     ids: list[int] = []
     scores: list[float] = []
@@ -157,10 +157,13 @@ def fts_search(
         accept = keep
         if accept is not None and not callable(accept):
             accept = {int(i) for i in accept}.__contains__
-        sql = (f"SELECT rowid, -bm25({FTS_TABLE}) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
-               "ORDER BY rank, rowid")
-        cursor = conn.execute(sql, (match,)) if accept is not None else conn.execute(
-            sql + " LIMIT ?", (match, int(k)))
+        where, args = "", [match]
+        if rowids is not None:
+            where, args = " AND rowid BETWEEN ? AND ?", [match, int(rowids[0]), int(rowids[1])]
+        sql = (f"SELECT rowid, -bm25({FTS_TABLE}) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ?"
+               f"{where} ORDER BY rank, rowid")
+        cursor = conn.execute(sql, args) if accept is not None else conn.execute(
+            sql + " LIMIT ?", (*args, int(k)))
         try:
             while len(ids) < k and (rows := cursor.fetchmany(256)):
                 for i, score in rows:
@@ -174,22 +177,21 @@ def fts_search(
     return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float64)
 
 
-def fts_scores(conn: sqlite3.Connection, query_tokens: Iterable[str],
-               ids: Iterable[int]) -> dict[int, float]:
-    """BM25 of the documents ``ids`` (as :func:`fts_search` scores them); ids matching no
-    token are absent (score 0)."""
-    match = fts_query(query_tokens)
-    wanted = list(dict.fromkeys(int(i) for i in ids))
-    out: dict[int, float] = {}
-    if not match:
-        return out
-    for start in range(0, len(wanted), _FTS_BATCH):
-        part = wanted[start:start + _FTS_BATCH]
-        for i, score in conn.execute(
-            f"SELECT rowid, -bm25({FTS_TABLE}) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
-            f"AND rowid IN ({','.join('?' * len(part))})", (match, *part)):
-            out[int(i)] = float(score)
-    return out
+def lexical_signal(
+    ids: Sequence[int], scores: Sequence[float], n_candidates: int,
+    keep: Callable[[int], bool] | None = None,
+) -> tuple[dict[int, float], list[int]]:
+    """The lexical part of a fused search, from one BM25 ranking over the whole corpus (best
+    first, as :func:`fts_search` gives it, cut at some depth): every ranked id's BM25 divided
+    by the best (so in (0, 1]; ids below the depth count 0), and the first ``n_candidates``
+    ids that ``keep`` accepts (the BM25 candidates added to the dense ones)."""
+    if not len(scores) or float(scores[0]) <= 0:
+        return {}, []
+    best = float(scores[0])
+    signal = {int(i): float(v) / best for i, v in zip(ids, scores)}
+    accepted = (int(i) for i in ids if keep is None or keep(int(i)))
+    top = list(itertools.islice(accepted, max(0, n_candidates)))
+    return signal, top
 
 
 class BM25Index:

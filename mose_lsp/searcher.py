@@ -2,7 +2,8 @@
 
 With ``settings.lexical_weight`` w > 0 the candidates also include the chunks with the best
 BM25 scores (the store's full-text index over identifier-split tokens), and every candidate is
-scored ``deep cosine + w * BM25 / (the query's best BM25 in the workspace)``.
+scored ``deep cosine + w * BM25 / (the query's best BM25 in the workspace)``, BM25 taken
+from the workspace's top :data:`LEXICAL_DEPTH` (0 below it).
 
 Every chunk has a shallow vector (cheap, written on every edit); the candidates it finds are
 re-scored with the deep exit, using cached deep vectors where the background pass has made
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from .indexer import WorkspaceIndex
-from .lexical import identifier_tokens
+from .lexical import identifier_tokens, lexical_signal
 from .store import ChunkRecord
 
 # Deep vectors computed per query at most (fresh candidates, best shallow first); the others
@@ -24,6 +25,11 @@ from .store import ChunkRecord
 # query's latency before the background pass has reached the whole workspace.
 ON_THE_FLY_LIMIT = 16
 LEXICAL_CANDIDATES = 50  # best BM25 chunks added to the candidates when fusing
+# How deep the one BM25 ranking per query goes: candidates below it count 0 (their BM25 is a
+# small fraction of the best). Scoring the candidates exactly took a second full-text query
+# that cost more than all the rest of a search at 100k chunks.
+LEXICAL_DEPTH = 1000
+LEXICAL_WORKERS = 2  # threads that rank a large workspace's chunks by BM25 at once
 DEEP_CANDIDATES_FUSED = 50  # deep-index candidates (at least) when fusing
 
 
@@ -95,8 +101,16 @@ class Searcher:
         k = max(1, query.k)
         langs = [query.lang] if query.lang else None
         flt = self._filter(query)
-        qs = self.model.encode([query.text], query.kind, idx.index_exit, langs)[0]
         rerank = query.rerank and idx.settings.rerank and idx.rerank_exit != idx.index_exit
+        weight = float(idx.settings.lexical_weight) if rerank else 0.0
+        lexical: dict[int, float] = {}  # chunk id -> BM25 / the query's best
+        lex_top: list[int] = []
+        if weight > 0:  # one BM25 ranking (cut at LEXICAL_DEPTH) gives all the lexical part
+            lex_ids, lex_scores = self.store.lexical_search(
+                identifier_tokens(query.text), LEXICAL_DEPTH,
+                workers=min(LEXICAL_WORKERS, idx.settings.resolved_threads()))
+            lexical, lex_top = lexical_signal(lex_ids, lex_scores, LEXICAL_CANDIDATES, flt)
+        qs = self.model.encode([query.text], query.kind, idx.index_exit, langs)[0]
         if not rerank:
             if self.store.deep_ann is None:  # one index holds every shallow vector
                 found, scores = self.store.search_fresh(qs, k, flt)
@@ -105,8 +119,6 @@ class Searcher:
                 ids, scores = self._shallow_everywhere(qs, k, flt)
             return self._hits(ids, dict(zip(ids, map(float, scores))), idx.index_exit)
         qd = self.model.encode([query.text], query.kind, idx.rerank_exit, langs)[0]
-        weight = float(idx.settings.lexical_weight)
-        lexical: dict[int, float] = {}  # chunk id -> BM25 / the query's best
         extra: list[int] = []  # candidates found by BM25 alone
         deep_scores: dict[int, float] = {}
         if self.store.deep_ann is not None:
@@ -114,21 +126,9 @@ class Searcher:
             ids, scores = self.store.search_deep(qd, n_deep, flt)
             deep_scores.update(zip(map(int, ids), map(float, scores)))
         fresh_ids, fresh_scores = self.store.search_fresh(qs, idx.settings.rerank_candidates, flt)
-        if weight > 0:
-            tokens = identifier_tokens(query.text)
-            lex_ids, lex_scores = self.store.lexical_search(tokens, LEXICAL_CANDIDATES, flt)
-            best = float(lex_scores[0]) if len(lex_scores) else 0.0
-            if flt is not None and len(lex_scores):  # the best in the whole workspace
-                top = self.store.lexical_search(tokens, 1)[1]
-                best = max(best, float(top[0]) if len(top) else 0.0)
-            if best > 0:
-                known = set(map(int, lex_ids))
-                others = [i for i in [*deep_scores, *map(int, fresh_ids)] if i not in known]
-                raw = {**dict(zip(map(int, lex_ids), map(float, lex_scores))),
-                       **self.store.lexical_scores(tokens, others)}
-                lexical = {i: v / best for i, v in raw.items()}
-                seen = set(deep_scores) | set(map(int, fresh_ids))
-                extra = [int(i) for i in lex_ids if int(i) not in seen]
+        if lex_top:
+            seen = set(deep_scores) | set(map(int, fresh_ids))
+            extra = [i for i in lex_top if i not in seen]
         fresh = [int(i) for i in fresh_ids if int(i) not in deep_scores]
         if extra:  # their deep vectors: cached, else computed on the fly like fresh ones
             fresh += extra

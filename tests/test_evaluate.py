@@ -35,7 +35,7 @@ from mose_lsp.evaluate import (
     relevant_ranks,
     results_to_json,
 )
-from mose_lsp.lexical import BM25Index, identifier_tokens
+from mose_lsp.lexical import BM25Index, identifier_tokens, lexical_signal
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
 
@@ -263,6 +263,16 @@ def test_bm25_scores_by_hand() -> None:
     assert index.scores("apple", ["a", "b"]).tolist() == pytest.approx([expected, 0.0])
     # A repeated query token counts once.
     assert index.scores("apple apple", ["a"])[0] == pytest.approx(expected)
+
+
+def test_lexical_signal_normalises_one_ranking_and_picks_kept_candidates() -> None:
+    ids, scores = [7, 3, 9, 1], [4.0, 2.0, 1.0, 0.5]
+    signal, top = lexical_signal(ids, scores, 2)
+    assert signal == {7: 1.0, 3: 0.5, 9: 0.25, 1: 0.125} and top == [7, 3]
+    signal, top = lexical_signal(ids, scores, 2, keep=lambda i: i in {9, 1})
+    assert signal[7] == 1.0 and top == [9, 1]  # the best of the whole ranking still divides
+    assert lexical_signal(ids, scores, 0)[1] == []
+    assert lexical_signal([], [], 5) == ({}, [])
 
 
 @pytest.mark.skipif(not SHARED_EVAL.is_dir(), reason="shared/eval suites not present")

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from conftest import PLANTED_PY, make_workspace
 
+import mose_lsp.searcher as searcher_module
 from mose_lsp.config import Settings
 from mose_lsp.indexer import OVERLAY_MTIME, WorkspaceIndex
+from mose_lsp.lexical import identifier_tokens
 from mose_lsp.searcher import Query, Searcher
 
 
@@ -217,7 +219,8 @@ def _deep_cosines(index: WorkspaceIndex, model, query: str) -> dict[int, float]:
     return {i: float(deep[i] @ qd) for i in ids}
 
 
-def test_lexical_fusion_ranks_a_named_rare_identifier_first(workspace, tmp_path, model):
+def test_lexical_fusion_ranks_a_named_rare_identifier_first(workspace, tmp_path, model,
+                                                            monkeypatch):
     (workspace / "pkg" / "stats.py").write_text(RARE_PY)
     index = _open(workspace, tmp_path / "idx", model, lexicalWeight=0.1)
     index.scan()
@@ -235,6 +238,18 @@ def test_lexical_fusion_ranks_a_named_rare_identifier_first(workspace, tmp_path,
         assert h.score == pytest.approx(cosine[h.chunk_id] + 0.1 * h.lexical, abs=1e-5)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert "lexical" in hits[0].to_json() and hits[0].to_json()["score"] == hits[0].score
+    # The lexical part is BM25 / the workspace's best, from one ranking cut at LEXICAL_DEPTH.
+    ranked, bm25 = index.store.lexical_search(identifier_tokens(query), 10_000)
+    full = dict(zip(ranked.tolist(), (bm25 / bm25[0]).tolist()))
+    for h in hits:
+        assert h.lexical == pytest.approx(full.get(h.chunk_id, 0.0))
+    monkeypatch.setattr(searcher_module, "LEXICAL_DEPTH", 1)  # only the best counts
+    shallow_depth = searcher.search(Query(query, k=5))
+    assert shallow_depth[0].chunk_id == target and shallow_depth[0].lexical == 1.0
+    assert [h.lexical for h in shallow_depth[1:]] == [0.0] * (len(shallow_depth) - 1)
+    for h in shallow_depth[1:]:
+        assert h.score == pytest.approx(cosine[h.chunk_id], abs=1e-5)
+    monkeypatch.undo()
     # Filters apply to the lexical candidates too.
     js = searcher.search(Query(query, k=5, languages=("javascript",)))
     assert js and all(h.language == "javascript" for h in js)

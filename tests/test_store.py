@@ -933,8 +933,8 @@ def test_lexical_index_follows_edits_deletes_renames_and_reopen(tmp_path: Path) 
     ids, scores = store.lexical_search(["parse", "http", "response"], 5)
     assert ids.tolist() == [a.chunk_ids[0]]
     assert scores.dtype == np.float64 and scores[0] > 0
-    scored = store.lexical_scores(["other", "thing"], [*a.chunk_ids, 999])
-    assert list(scored) == [a.chunk_ids[1]] and scored[a.chunk_ids[1]] > 0
+    ids, scores = store.lexical_search(["other", "thing"], 5)
+    assert ids.tolist() == [a.chunk_ids[1]] and scores[0] > 0
     # The deep pass and a model change leave the full-text index alone.
     fill_deep(store)
     assert lexical(store, "parseHTTPResponse") == [a.chunk_ids[0]]
@@ -978,7 +978,6 @@ def test_lexical_queries_never_raise(store: Store, query: list[str]) -> None:
     put_file(store, "q.py", ['def quoted(s):\n    return "a\\"b" AND s * NEAR(1)'])
     ids, scores = store.lexical_search(query, 5)
     assert len(ids) == len(scores) <= 5 and (scores > 0).all()
-    assert set(store.lexical_scores(query, ids.tolist())) <= set(ids.tolist())
     assert store.lexical_search(query, 0)[0].tolist() == []
 
 
@@ -1019,3 +1018,24 @@ def test_schema_1_store_is_migrated_with_its_full_text_index(tmp_path: Path) -> 
     assert lexical(rebuilt, "levenshteinDistance") == a.chunk_ids
     lexical_postings(rebuilt)
     rebuilt.close()
+
+
+def test_lexical_search_split_over_id_ranges_equals_one_query(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    import mose_lsp.store as store_module
+
+    store = open_store(tmp_path / "index")
+    words = ["parse", "render", "table", "value", "file", "stream", "merge", "date"]
+    for f in range(30):  # chunks sharing words, so that scores tie and order by id
+        put_file(store, f"m{f}.py", [f"def {words[(f + c) % 8]}_{words[c % 8]}(x):\n"
+                                     f"    return {words[(f * c) % 8]}(x)" for c in range(4)])
+    query = ["parse", "value", "file", "merge"]
+    one = store.lexical_search(query, 50)
+    monkeypatch.setattr(store_module, "LEXICAL_SPLIT_MIN", 0)
+    for workers in (2, 3, 7):
+        ids, scores = store.lexical_search(query, 50, workers=workers)
+        assert ids.tolist() == one[0].tolist() and scores.tolist() == one[1].tolist()
+    assert store.lexical_search(query, 3, workers=2)[0].tolist() == one[0][:3].tolist()
+    store.close()
+    assert store._lexical_pool is not None  # made by the split, shut down by close()
+    assert store._lexical_pool._shutdown
