@@ -283,6 +283,10 @@ def test_read_pairs(tmp_path):
     assert pairs[0].group == "g1" and pairs[0].query_lang == ""
     assert pairs[1].query_lang == "python" and pairs[1].lang == "c"
     assert [p.kind for p in read_pairs([str(path)], kinds=["code"])] == ["code"]
+    assert [p.group for p in read_pairs([str(path)], variants=["short"])] == []
+    rows[0]["variant"] = "short"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert [p.group for p in read_pairs([str(path)], variants=["short", "x"])] == ["g1"]
     path.write_text('{"code": "x"}\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"p.jsonl:1"):
         read_pairs([str(path)])
@@ -382,6 +386,38 @@ def test_finetune_learns_evaluates_and_resumes_exactly(tmp_path, pairs_file, tok
     assert vectors.shape == (2, 32)
     assert torch.allclose(torch.from_numpy(vectors).norm(dim=1), torch.ones(2), atol=1e-5)
     assert checkpoint_encoder(str(tmp_path / "suite")) is None
+
+
+def test_finetune_with_frozen_lower_layers_keeps_the_shallow_exit_exactly(
+        tmp_path, pairs_file, tokenizer_file):
+    # tiny MoSE: exits 2 and 4 share the final norm; projection_heads.0 is exit 2's head
+    frozen = ["embed_tokens", "layers.0", "layers.1", "norm", "projection_heads.0"]
+    cfg = finetune_config(pairs_file, tokenizer_file, tmp_path / "f", "data.max_pairs=64",
+                          "train.max_steps=4", "train.save_every=0",
+                          f"model.freeze={json.dumps(frozen)}")
+    recipe = FinetuneRecipe(cfg).setup()
+    model = recipe.encoder
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith(("embed_tokens.", "layers.0.", "layers.1.",
+                                               "norm.", "projection_heads.0.")) for n in trainable)
+    assert any(n.startswith("layers.2.") for n in trainable)
+    ids = recipe.make_batch(list(range(8)))
+    model.eval()
+    with torch.no_grad():
+        shallow = model(ids["q_ids"], ids["q_mask"])[2].clone()
+    recipe.train()
+    model.eval()
+    for name, param in model.named_parameters():
+        if name not in trainable:
+            assert torch.equal(param.detach(), before[name]), name
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters()
+               if n in trainable)
+    with torch.no_grad():
+        assert torch.equal(model(ids["q_ids"], ids["q_mask"])[2], shallow)
+    with pytest.raises(ConfigError, match="'layers.99' names no parameter"):
+        FinetuneRecipe(finetune_config(pairs_file, tokenizer_file, tmp_path / "g",
+                                       "model.freeze=[layers.99]")).setup()
 
 
 def test_finetune_from_pretrained_checkpoint_drops_heads(tmp_path, corpus, pairs_file):

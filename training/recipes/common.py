@@ -77,6 +77,9 @@ class ModelConfig:
     init_from: str | None = None  # a checkpoint folder to start from (overrides the fields above)
     tokenizer: str | None = None  # tokenizer.json; None: the base model's / checkpoint's own
     overrides: dict[str, Any] = field(default_factory=dict)  # more model config fields
+    # Parameter-name prefixes left untrained (e.g. "backbone.embeddings", "backbone.encoder.
+    # layer.0", "heads.2": a shallow exit kept exactly as it is while deeper layers train).
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -462,7 +465,31 @@ def build_model(cfg: ModelConfig, *, pretraining: bool = False) -> tuple[nn.Modu
         tokenizer = Path(cfg.tokenizer).expanduser()
         if not tokenizer.is_file():
             raise ConfigError(f"model.tokenizer {tokenizer} does not exist")
+    freeze_parameters(model, cfg.freeze)
     return model, tokenizer
+
+
+def freeze_parameters(model: nn.Module, prefixes: list[str]) -> int:
+    """Stop training the parameters whose names start with one of ``prefixes`` (a prefix
+    matches whole name components: "layer.1" is not "layer.10"); returns how many were
+    frozen. A prefix that names no parameter is a configuration error."""
+    names = [n for n, _ in model.named_parameters()]
+    frozen = 0
+    for prefix in prefixes:
+        stem = prefix.rstrip(".")
+        hits = [n for n in names if n == stem or n.startswith(stem + ".")]
+        if not hits:
+            tops = sorted({".".join(n.split(".")[:2]) for n in names})
+            raise ConfigError(f"model.freeze: {prefix!r} names no parameter of the model; "
+                              f"its parameters start with {', '.join(tops)}")
+        for name, param in model.named_parameters():
+            if name in hits and param.requires_grad:
+                param.requires_grad_(False)
+                frozen += 1
+    if prefixes:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("model.freeze: %d tensors frozen, %d parameters train", frozen, trainable)
+    return frozen
 
 
 def _set_pretraining_heads(model: nn.Module, wanted: bool) -> nn.Module:

@@ -59,6 +59,7 @@ class FinetuneDataConfig:
     code_max_tokens: int = 256  # longest code input, template included
     kinds: list[str] | None = None  # keep only these pair kinds ("text", "code"); None: all
     max_pairs: int | None = None  # use the first N pairs (after filtering)
+    variants: list[str] | None = None  # keep only these pair shapes ("variant" field); None: all
 
 
 @dataclass
@@ -134,8 +135,11 @@ class Pair:
 
 
 def read_pairs(paths: list[str], kinds: list[str] | None = None,
-               max_pairs: int | None = None) -> list[Pair]:
-    """Pairs from JSONL files (see the module docstring); bad lines raise with file:line."""
+               max_pairs: int | None = None,
+               variants: list[str] | None = None) -> list[Pair]:
+    """Pairs from JSONL files (see the module docstring); bad lines raise with file:line.
+    ``variants`` keeps the pairs whose ``variant`` (the shape the miner gave them, e.g.
+    ``docstring``, ``short``, ``with_docstring``) is listed."""
     if not paths:
         raise ConfigError("data.train is empty: list pairs JSONL files "
                           "(e.g. --set 'data.train=[pairs.jsonl]')")
@@ -162,6 +166,8 @@ def read_pairs(paths: list[str], kinds: list[str] | None = None,
                 except (ValueError, KeyError, AttributeError, TypeError) as err:
                     raise ConfigError(f"{path}:{lineno}: not a pair ({err})") from err
                 if kinds and pair.kind not in kinds:
+                    continue
+                if variants and row.get("variant") not in variants:
                     continue
                 pairs.append(pair)
                 if max_pairs is not None and len(pairs) >= max_pairs:
@@ -229,7 +235,11 @@ class FinetuneRecipe(common.Recipe):
         common.setup_logging(self.dist)
         common.seed_everything(cfg.seed)  # the same initial weights on every rank
         resume_dir = common.resolve_resume(resume_from) if resume_from else None
-        self.pairs = read_pairs(cfg.data.train, cfg.data.kinds, cfg.data.max_pairs)
+        self.pairs = read_pairs(cfg.data.train, cfg.data.kinds, cfg.data.max_pairs,
+                                cfg.data.variants)
+        if not self.pairs:
+            raise ConfigError(f"no pairs in {cfg.data.train} pass data.kinds={cfg.data.kinds} "
+                              f"and data.variants={cfg.data.variants}")
 
         model, tokenizer_path = common.build_model(cfg.model, pretraining=False)
         if tokenizer_path is None:
