@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -303,6 +304,8 @@ class ModelEncoder:
         self._tokenizer = _load_tokenizer(model_dir.tokenizer_path)
         self._exits: dict[int, ExitEncoder] = {}
         self._lock = threading.Lock()
+        self._foreground = 0  # foreground() blocks now open (queries)
+        self._foreground_done = threading.Condition()
 
     @classmethod
     def open(
@@ -396,6 +399,26 @@ class ModelEncoder:
 
     # -- encoding --
 
+    @contextmanager
+    def foreground(self) -> Iterator[None]:
+        """While open (a query is being answered), ``encode(background=True)`` calls (indexing,
+        the deep pass) pause between runs, so that the query has the cores to itself instead
+        of sharing them with bulk work. Re-entrant and thread-safe."""
+        with self._foreground_done:
+            self._foreground += 1
+        try:
+            yield
+        finally:
+            with self._foreground_done:
+                self._foreground -= 1
+                if not self._foreground:
+                    self._foreground_done.notify_all()
+
+    def _yield_to_foreground(self) -> None:
+        with self._foreground_done:
+            while self._foreground:
+                self._foreground_done.wait()
+
     def encode(
         self,
         texts: Sequence[str],
@@ -403,10 +426,12 @@ class ModelEncoder:
         exit: int,
         langs: Sequence[str] | None = None,
         batch_size: int = 32,
+        background: bool = False,
     ) -> np.ndarray:
         """(N, D) float32 embeddings of ``texts`` (L2-normalised when the exit says so), in the
         order given. Inputs are sorted by length and batched with similar lengths together, so
-        padding is small; the result does not depend on ``batch_size``."""
+        padding is small; the result does not depend on ``batch_size``. ``background``: bulk
+        work that waits, before each run, while a :meth:`foreground` block is open."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         session = self.session(exit)  # also checks that the exit exists
@@ -428,6 +453,8 @@ class ModelEncoder:
             for row, i in enumerate(batch):
                 input_ids[row, :len(ids[i])] = ids[i]
                 mask[row, :len(ids[i])] = 1
+            if background:
+                self._yield_to_foreground()
             out[batch] = session.run(input_ids, mask)
         return out
 

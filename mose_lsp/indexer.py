@@ -181,15 +181,16 @@ class WorkspaceIndex:
         rows = [i for i, c in enumerate(result.chunks) if c.content_hash not in known]
         return _Pending(rel, meta, result.chunks, rows)
 
-    def _flush(self, pending: list[_Pending]) -> int:
-        """Embed the new chunks of ``pending`` files in one call, then write each file."""
+    def _flush(self, pending: list[_Pending], background: bool = False) -> int:
+        """Embed the new chunks of ``pending`` files in one call, then write each file.
+        ``background`` (a scan): the encoder pauses while a query runs."""
         texts, langs = [], []
         for p in pending:
             for i in p.embed_rows:
                 texts.append(p.chunks[i].text)
                 langs.append(p.chunks[i].language)
         vectors = (self.model.encode(texts, "code", self.index_exit, langs,
-                                     batch_size=self.settings.batch_size)
+                                     batch_size=self.settings.batch_size, background=background)
                    if texts else np.zeros((0, self.model.dim(self.index_exit)), np.float32))
         at = 0
         dim = self.model.dim(self.index_exit)
@@ -249,12 +250,12 @@ class WorkspaceIndex:
                 pending.append(item)
                 pool += len(item.embed_rows)
             if pool >= EMBED_POOL or n == total:
-                report.chunks_embedded += self._flush(pending)
+                report.chunks_embedded += self._flush(pending, background=True)
                 pool = 0
             if progress is not None:
                 progress(Progress("scan", n, total, entry.rel))
         if pending:
-            report.chunks_embedded += self._flush(pending)
+            report.chunks_embedded += self._flush(pending, background=True)
         if not (cancel is not None and cancel.is_set()):
             for rel in gone:
                 self.store.delete_file(rel)
@@ -315,7 +316,7 @@ class WorkspaceIndex:
                 break
             vectors = self.model.encode([c.text for c in batch], "code", exit_layer,
                                         [c.language or "" for c in batch],
-                                        batch_size=self.settings.batch_size)
+                                        batch_size=self.settings.batch_size, background=True)
             self.store.put_vectors(exit_layer, [c.chunk_id for c in batch], vectors)
             done += len(batch)
         return done

@@ -94,9 +94,14 @@ class Searcher:
 
     def search(self, query: Query) -> list[Hit]:
         """Candidates from the deep index (chunks the background pass has reached) and the
-        fresh index (shallow vectors of the others), all scored by the deep exit."""
+        fresh index (shallow vectors of the others), all scored by the deep exit. Background
+        encoding (indexing, the deep pass) pauses meanwhile."""
         if not query.text.strip():
             return []
+        with self.model.foreground():
+            return self._search(query)
+
+    def _search(self, query: Query) -> list[Hit]:
         idx = self.index
         k = max(1, query.k)
         langs = [query.lang] if query.lang else None

@@ -135,6 +135,37 @@ def test_concurrent_encodes_agree(encoder: ModelEncoder) -> None:
         np.testing.assert_allclose(result, reference, atol=1e-6)
 
 
+def test_background_encodes_wait_while_a_query_is_in_the_foreground(
+        encoder: ModelEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    texts = [f"def f{i}(x):\n    return x + {i}" for i in range(6)]
+    expected = encoder.encode(texts, "code", 1)
+    session = encoder.session(1)
+    runs: list[str] = []
+    real_run = session.run
+
+    def counting_run(ids, mask):
+        runs.append(threading.current_thread().name)
+        return real_run(ids, mask)
+
+    monkeypatch.setattr(session, "run", counting_run)
+    result: list[np.ndarray] = []
+    with encoder.foreground():
+        worker = threading.Thread(name="bulk", target=lambda: result.append(
+            encoder.encode(texts, "code", 1, background=True)))
+        worker.start()
+        with encoder.foreground():  # re-entrant; foreground encodes are never held back
+            encoder.encode(["query"], "text", 1)
+        worker.join(0.5)
+        assert worker.is_alive() and "bulk" not in runs  # held before its first run
+    worker.join(30)
+    assert not worker.is_alive() and runs.count("bulk") >= 1
+    np.testing.assert_array_equal(result[0], expected)
+    # Without a foreground block, background work runs at once.
+    np.testing.assert_array_equal(encoder.encode(texts, "code", 1, background=True), expected)
+
+
 def test_encode_cost(encoder: ModelEncoder) -> None:
     cost = encoder.encode_cost(SNIPPETS, "code", 1, warmup=2)
     assert cost.items == len(SNIPPETS) and cost.seconds > 0
