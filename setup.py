@@ -15,5 +15,8 @@ for name, folder in FOLDERS.items():
     for found in find_packages(include=[folder, f"{folder}.*"]):
         packages.append(name + found[len(folder):])
     package_dir[name] = folder
+# The embedded model's folder holds data only (no __init__.py); listed as a package so that its
+# files ship as that package's data (setuptools warns about an importable folder left out).
+packages.append("mose_lsp.default_model")
 
 setup(packages=packages, package_dir=package_dir)
