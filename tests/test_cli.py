@@ -95,3 +95,25 @@ def test_runtime_cli_never_imports_torch():
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_embedded_model(tmp_path):
+    """A non-editable install (``pip install .``) must carry the default model's files intact."""
+    import hashlib
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                          str(tmp_path), str(repo)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "absent from the `packages` configuration" not in run.stderr
+    (wheel,) = tmp_path.glob("mose-*.whl")
+    manifest = json.loads((repo / "mose_lsp/default_model/manifest.json").read_text())
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        assert "mose_lsp/default_model/manifest.json" in names
+        for name, digest in manifest["files"].items():
+            data = zf.read(f"mose_lsp/default_model/{name}")
+            assert "sha256:" + hashlib.sha256(data).hexdigest() == digest, name
