@@ -106,7 +106,8 @@ def test_the_wheel_ships_the_embedded_model(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                          str(tmp_path), str(repo)], capture_output=True, text=True, timeout=600)
+                          str(tmp_path), str(repo)], check=False, capture_output=True,
+                         text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "absent from the `packages` configuration" not in run.stderr
     (wheel,) = tmp_path.glob("mose-*.whl")
