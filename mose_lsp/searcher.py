@@ -3,7 +3,8 @@
 With ``settings.lexical_weight`` w > 0 the candidates also include the chunks with the best
 BM25 scores (the store's full-text index over identifier-split tokens), and every candidate is
 scored ``deep cosine + w * BM25 / (the query's best BM25 in the workspace)``, BM25 taken
-from the workspace's top :data:`LEXICAL_DEPTH` (0 below it).
+from the workspace's top :data:`LEXICAL_DEPTH` (0 below it; with a language or path filter,
+the lexical candidates are the filtered chunks within that top list).
 
 Every chunk has a shallow vector (cheap, written on every edit); the candidates it finds are
 re-scored with the deep exit, using cached deep vectors where the background pass has made
