@@ -71,13 +71,16 @@ rebuilds its full-text index when it differs (the index's deletes re-tokenise th
 so they must see the tokens the insert saw)."""
 
 MAX_QUERY_TERMS = 64
+"""Distinct tokens a lexical query keeps (the first ones, in query order): bounds the cost of
+a long code query, in the store's full-text search and in ``mose eval`` alike."""
+
 #: English function words left out of FTS5 queries (not of the index) when a query has other
 #: words: they match most chunks, so FTS5 scores nearly every row for almost no BM25 weight
 #: (measured on 100k chunks: "render a table in the terminal" 92 ms -> 12 ms).
 QUERY_STOP_WORDS = frozenset(
-    ["a", "an", "the", "and", "or", "of", "to", "in", "on", "at", "by", "for", "from", "with", "into", "is", "are", "be", "was", "were", "as", "it", "its", "this", "that", "these", "those", "how", "what", "which", "do", "does"])
-"""Distinct tokens a lexical query keeps (the first ones, in query order): bounds the cost of
-a long code query, in the store's full-text search and in ``mose eval`` alike."""
+    ["a", "an", "the", "and", "or", "of", "to", "in", "on", "at", "by", "for", "from", "with",
+     "into", "is", "are", "be", "was", "were", "as", "it", "its", "this", "that", "these",
+     "those", "how", "what", "which", "do", "does"])
 
 
 def query_terms(query: str | Iterable[str], limit: int = MAX_QUERY_TERMS) -> list[str]:

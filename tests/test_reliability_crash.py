@@ -172,6 +172,14 @@ def _equals_fresh_index(index: WorkspaceIndex, model, tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _tally(killed: bool, kills: int, completed: int, delay: float) -> tuple[int, int, float]:
+    """Count a round and adapt the kill delay, so that kills spread over a run: a run that
+    finished first shortens the delay, a kill lengthens it."""
+    if killed:
+        return kills + 1, completed, min(8.0, delay * 1.1)
+    return kills, completed + 1, max(0.3, delay * 0.7)
+
+
 def _run_and_kill(root: Path, index_dir: Path, model_path: Path, mode: str, paths: list[str],
                   rng: random.Random, max_delay: float) -> bool:
     """Start the driver, SIGKILL it at a random moment after it is ready. True if killed."""
@@ -250,12 +258,8 @@ def test_kill_9_during_first_index_and_updates_never_leaves_a_wrong_index(
     delay = 5.0
     while kills < first_kills:
         rounds += 1
-        if _run_and_kill(root, index_dir, model_path, "scan", [], rng, max_delay=delay):
-            kills += 1
-            delay = min(8.0, delay * 1.1)
-        else:
-            completed += 1
-            delay = max(0.3, delay * 0.7)
+        killed = _run_and_kill(root, index_dir, model_path, "scan", [], rng, max_delay=delay)
+        kills, completed, delay = _tally(killed, kills, completed, delay)
         index = WorkspaceIndex.open(root, settings, model)
         try:
             chunk_counts.append(_check_invariants(index))
@@ -279,12 +283,8 @@ def test_kill_9_during_first_index_and_updates_never_leaves_a_wrong_index(
         touched = _edit(root, rng, serial)
         serial += 10
         mode = rng.choice(["update", "scan"])
-        if _run_and_kill(root, index_dir, model_path, mode, touched, rng, max_delay=delay):
-            kills += 1
-            delay = min(8.0, delay * 1.1)
-        else:
-            completed += 1
-            delay = max(0.3, delay * 0.7)
+        killed = _run_and_kill(root, index_dir, model_path, mode, touched, rng, max_delay=delay)
+        kills, completed, delay = _tally(killed, kills, completed, delay)
         index = WorkspaceIndex.open(root, settings, model)
         try:
             _check_invariants(index)
