@@ -27,8 +27,8 @@ import numpy as np
 from .encoder import EncodeCost, timed_encode
 from .errors import MoseError
 from .lexical import (
-    FTS_SCHEMA,
     BM25Index,
+    fts_create,
     fts_insert,
     fts_search,
     identifier_tokens,
@@ -520,7 +520,7 @@ def _evaluate_product(deep_layer: int, deep: _Encoded, relevant: list[np.ndarray
 
     conn = sqlite3.connect(":memory:")  # the store's full-text index, over the corpus
     try:
-        conn.execute(FTS_SCHEMA)
+        fts_create(conn)
         fts_insert(conn, enumerate(d.text for d in documents))
         orders: list[list[int]] = []
         for row, query in enumerate(queries):

@@ -71,8 +71,16 @@ rebuilds its full-text index when it differs (the index's deletes re-tokenise th
 so they must see the tokens the insert saw)."""
 
 MAX_QUERY_TERMS = 64
-"""Distinct tokens a lexical query keeps (the first ones, in query order): bounds the cost of
+"""Distinct tokens a lexical query reads (the first ones, in query order): bounds the work of
 a long code query, in the store's full-text search and in ``mose eval`` alike."""
+
+SCORED_QUERY_TERMS = 16
+"""Of a query's tokens, the full-text search scores at most this many: the rarest ones (by
+document frequency, from :data:`TERM_DF_TABLE`). FTS5's ``bm25()`` costs about a microsecond
+per chunk that holds any query token, so a whole function used as a query (30-60 tokens, most
+of them common: ``return``, ``self``, ``value``) made it score most of the store (100k chunks:
+p50/p95 89/139 ms for 40 code queries); its 16 rarest tokens carry almost all of the BM25
+weight and cost 22/54 ms. Text queries rarely have more than 16 tokens and keep them all."""
 
 #: English function words left out of FTS5 queries (not of the index) when a query has other
 #: words: they match most chunks, so FTS5 scores nearly every row for almost no BM25 weight
@@ -106,6 +114,21 @@ Its score is FTS5's ``bm25()`` (k1 = 1.2, b = 0.75, idf = ln((N - df + 0.5) / (d
 floored at 1e-6, so a token in more than half the documents adds almost nothing, and a
 repeated query token counts once since queries are made of distinct tokens)."""
 
+TERM_DF_TABLE = "term_df"
+TERM_DF_SCHEMA = (f"CREATE TABLE IF NOT EXISTS {TERM_DF_TABLE} (term TEXT PRIMARY KEY, "
+                  "df INTEGER NOT NULL) WITHOUT ROWID")
+"""Document frequency of every token in :data:`FTS_TABLE`, kept by :func:`fts_insert` and
+:func:`fts_delete` in the same transaction: a query picks its rarest tokens with one indexed
+lookup (FTS5's own ``fts5vocab`` counts a token's documents by reading its whole postings
+list: 11 ms for a 64-token query at 100k chunks)."""
+
+
+def fts_create(conn: sqlite3.Connection) -> None:
+    """Create the full-text index and its document frequencies (empty)."""
+    conn.execute(FTS_SCHEMA)
+    conn.execute(TERM_DF_SCHEMA)
+
+
 def fts_text(text: str) -> str:
     """What the full-text index stores for a document: its tokens joined by spaces."""
     return " ".join(identifier_tokens(text))
@@ -113,26 +136,62 @@ def fts_text(text: str) -> str:
 
 def fts_insert(conn: sqlite3.Connection, rows: Iterable[tuple[int, str]]) -> None:
     """Index documents ``(id, text)`` (in the caller's transaction)."""
-    conn.executemany(f"INSERT INTO {FTS_TABLE} (rowid, tokens) VALUES (?, ?)",
-                     ((int(i), fts_text(text)) for i, text in rows))
+    docs = [(int(i), fts_text(text)) for i, text in rows]
+    conn.executemany(f"INSERT INTO {FTS_TABLE} (rowid, tokens) VALUES (?, ?)", docs)
+    _count_terms(conn, docs, +1)
 
 
 def fts_delete(conn: sqlite3.Connection, rows: Iterable[tuple[int, str]]) -> None:
     """Remove documents ``(id, text)``: the text must be the one they were indexed with (a
     contentless table can only subtract the tokens it is given)."""
+    docs = [(int(i), fts_text(text)) for i, text in rows]
     conn.executemany(
-        f"INSERT INTO {FTS_TABLE} ({FTS_TABLE}, rowid, tokens) VALUES ('delete', ?, ?)",
-        ((int(i), fts_text(text)) for i, text in rows))
+        f"INSERT INTO {FTS_TABLE} ({FTS_TABLE}, rowid, tokens) VALUES ('delete', ?, ?)", docs)
+    _count_terms(conn, docs, -1)
 
 
-def fts_query(query_tokens: Iterable[str]) -> str:
-    """An FTS5 MATCH expression: each distinct token (the first :data:`MAX_QUERY_TERMS`) as a
-    quoted string (inner quotes doubled), OR-ed; '' when there is none. Quoting makes FTS5
-    operators (AND, OR, NOT, NEAR, ``*``, ``^``, ``:``, parentheses) plain text."""
+def _count_terms(conn: sqlite3.Connection, docs: Sequence[tuple[int, str]], sign: int) -> None:
+    """Add ``sign`` to the document frequency of each distinct token of each document."""
+    counts: Counter[str] = Counter()
+    for _, tokens in docs:
+        counts.update(set(tokens.split()))
+    if not counts:
+        return
+    conn.executemany(
+        f"INSERT INTO {TERM_DF_TABLE} (term, df) VALUES (?, ?) "
+        "ON CONFLICT (term) DO UPDATE SET df = df + excluded.df",
+        ((term, sign * n) for term, n in counts.items()))
+    if sign < 0:
+        conn.executemany(f"DELETE FROM {TERM_DF_TABLE} WHERE term = ? AND df <= 0",
+                         ((term,) for term in counts))
+
+
+def fts_terms(conn: sqlite3.Connection | None, query_tokens: Iterable[str]) -> list[str]:
+    """The tokens a full-text search scores: the distinct tokens (the first
+    :data:`MAX_QUERY_TERMS`), without NUL or lone surrogates, without English function words
+    when other tokens remain, and, when more than :data:`SCORED_QUERY_TERMS` remain, the rarest
+    of those found in ``conn``'s index (ties in query order; tokens no document holds match
+    nothing and go first). ``conn`` None keeps the first ones."""
     terms = query_terms(clean for t in query_tokens if isinstance(t, str)
                         if (clean := _fts_clean(t)).strip())
     content = [t for t in terms if t.lower() not in QUERY_STOP_WORDS]
     terms = content or terms
+    if len(terms) <= SCORED_QUERY_TERMS:
+        return terms
+    if conn is None:
+        return terms[:SCORED_QUERY_TERMS]
+    keys = {t: t.lower() for t in terms}
+    df = dict(conn.execute(
+        f"SELECT term, df FROM {TERM_DF_TABLE} WHERE term IN "
+        f"({', '.join('?' * len(set(keys.values())))})", tuple(set(keys.values()))).fetchall())
+    held = [t for t in terms if df.get(keys[t], 0) > 0]
+    return sorted(held, key=lambda t: df[keys[t]])[:SCORED_QUERY_TERMS]
+
+
+def fts_query(terms: Iterable[str]) -> str:
+    """An FTS5 MATCH expression: each of ``terms`` (as :func:`fts_terms` picks them) as a
+    quoted string (inner quotes doubled), OR-ed; '' when there is none. Quoting makes FTS5
+    operators (AND, OR, NOT, NEAR, ``*``, ``^``, ``:``, parentheses) plain text."""
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
 
@@ -153,7 +212,7 @@ def fts_search(
     int64, scores float64)``, restricted to the ids ``keep`` holds or accepts and to the
     inclusive id range ``rowids``. A range changes no score (BM25's statistics are the whole
     table's), so the best of several ranges' lists are the best of the table."""
-    match = fts_query(query_tokens)
+    match = fts_query(fts_terms(conn, query_tokens))
     ids: list[int] = []
     scores: list[float] = []
     if match and k >= 1:

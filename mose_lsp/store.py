@@ -29,6 +29,9 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`):
   and a model change leaves it alone (it holds no vectors). ``meta.lexical_tokens`` records
   ``lexical.TOKENS_VERSION``; when the tokenizer changes, open rebuilds the table from the
   chunks. Read with :meth:`Store.lexical_search` (BM25).
+- ``term_df(term, df)``: the number of chunks holding each token of ``chunks_fts``, written
+  with it (``lexical.fts_insert`` / ``fts_delete``) and rebuilt with it; a long query scores
+  only its rarest tokens (``lexical.SCORED_QUERY_TERMS``).
 
 Two vector indexes partition the chunks. Candidates should come from the best vector a chunk
 has: once the background pass has given a chunk its deep vector, the chunk is found through
@@ -119,10 +122,13 @@ from .errors import StoreError
 from .lexical import (
     FTS_SCHEMA,
     FTS_TABLE,
+    TERM_DF_SCHEMA,
+    TERM_DF_TABLE,
     TOKENS_VERSION,
     fts_delete,
     fts_insert,
     fts_search,
+    fts_terms,
 )
 
 if TYPE_CHECKING:
@@ -132,7 +138,7 @@ log = logging.getLogger(__name__)
 
 # Id span from which lexical_search(workers > 1) splits a query (below it one query is fast).
 LEXICAL_SPLIT_MIN = 20_000
-SCHEMA_VERSION = 2  # 2: chunks_fts (lexical search)
+SCHEMA_VERSION = 3  # 2: chunks_fts (lexical search); 3: term_df (its document frequencies)
 DB_NAME = "store.sqlite3"
 DEEP, FRESH = "deep", "fresh"
 PARTITIONS = (DEEP, FRESH)
@@ -187,7 +193,8 @@ CREATE TABLE vectors (
     PRIMARY KEY (chunk_id, exit_layer)
 );
 CREATE INDEX vectors_by_exit ON vectors(exit_layer, chunk_id);
-""" + FTS_SCHEMA
+""" + FTS_SCHEMA + ";\n" + TERM_DF_SCHEMA + "\n"
+
 
 def _fts_delete(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
     """Remove chunks from ``chunks_fts``; call while their rows (and text) still exist."""
@@ -198,8 +205,10 @@ def _fts_delete(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
 
 
 def _fts_fill(conn: sqlite3.Connection) -> None:
-    """(Re)build ``chunks_fts`` from every chunk and record the tokenizer version."""
+    """(Re)build ``chunks_fts`` and ``term_df`` from every chunk and record the tokenizer
+    version."""
     conn.execute(f"INSERT INTO {FTS_TABLE} ({FTS_TABLE}) VALUES ('delete-all')")
+    conn.execute(f"DELETE FROM {TERM_DF_TABLE}")
     cursor = conn.execute("SELECT id, text FROM chunks ORDER BY id")
     while rows := cursor.fetchmany(1024):
         fts_insert(conn, rows)
@@ -208,11 +217,16 @@ def _fts_fill(conn: sqlite3.Connection) -> None:
 
 
 def _migrate_1_lexical(conn: sqlite3.Connection) -> None:
-    conn.execute(FTS_SCHEMA)
+    conn.execute(FTS_SCHEMA)  # filled by the next step
+
+
+def _migrate_2_term_df(conn: sqlite3.Connection) -> None:
+    conn.execute(TERM_DF_SCHEMA)
     _fts_fill(conn)
 
 
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_lexical}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _migrate_1_lexical, 2: _migrate_2_term_df}
 """Schema upgrades: ``_MIGRATIONS[v]`` turns version ``v`` into ``v + 1`` in place. A version
 with no path to :data:`SCHEMA_VERSION` is dropped and recreated (the store is a cache of the
 workspace; the indexer fills it again)."""
@@ -1444,14 +1458,16 @@ class Store:
         higher is better and every score is positive) for ``query_tokens`` (identifier-split,
         as ``lexical.identifier_tokens`` makes them; a chunk matches if it has any of them),
         best first, as ``(ids int64, scores float64)``. ``filter_ids`` (a set of ids, or a
-        predicate like the vector searches') restricts the chunks. Only the first
-        ``lexical.MAX_QUERY_TERMS`` distinct tokens count; no token gives empty arrays. Every
+        predicate like the vector searches') restricts the chunks. The tokens scored are those
+        ``lexical.fts_terms`` picks (a long query's rarest); no token gives empty arrays. Every
         token is quoted, so no query is malformed. ``workers`` > 1 (unfiltered searches of
         a large store) splits the work over that many threads by chunk id range: FTS5's
         ``bm25()`` costs about a microsecond per matching chunk, tens of milliseconds for a
         common word at 100k chunks."""
         self._check_open()
         with self._errors():
+            # The tokens scored (the rarest, for a long query) are picked once, here.
+            query_tokens = fts_terms(self._reader(), query_tokens)
             if workers > 1 and filter_ids is None and k >= 1:
                 lo, hi = self._reader().execute(  # two subqueries: each an index seek
                     "SELECT (SELECT min(id) FROM chunks), (SELECT max(id) FROM chunks)").fetchone()

@@ -418,7 +418,7 @@ def test_search_as_shipped_fuses_bm25_like_the_searcher(encoder: ModelEncoder,
                                                         suite_path: Path) -> None:
     import sqlite3
 
-    from mose_lsp.lexical import FTS_SCHEMA, fts_insert, fts_search
+    from mose_lsp.lexical import fts_create, fts_insert, fts_search
 
     suite = load_suite(suite_path)
     n = len(suite.documents)
@@ -435,7 +435,7 @@ def test_search_as_shipped_fuses_bm25_like_the_searcher(encoder: ModelEncoder,
     # Oracle: every document (k = N) scored cosine + w * BM25 / the query's best BM25, with
     # BM25 from the store's full-text index over the corpus.
     conn = sqlite3.connect(":memory:")
-    conn.execute(FTS_SCHEMA)
+    fts_create(conn)
     fts_insert(conn, enumerate(d.text for d in suite.documents))
     queries = _encode_by_kind(encoder, suite, 3)
     docs = encoder.encode([d.text for d in suite.documents], "code", 3,

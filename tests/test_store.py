@@ -124,6 +124,7 @@ def lexical_postings(store: Store) -> dict[tuple, int]:
         for term, doc in conn.execute("SELECT term, doc FROM temp.vocab"):
             found[(term, doc)] = found.get((term, doc), 0) + 1
         n_docs = conn.execute("SELECT COUNT(*) FROM chunks_fts").fetchone()[0]
+        term_df = dict(conn.execute("SELECT term, df FROM term_df").fetchall())
     finally:
         conn.close()
     records = [c for f in store.all_files() for c in store.file_chunks(f.path)]
@@ -133,6 +134,10 @@ def lexical_postings(store: Store) -> dict[tuple, int]:
             want[(token, c.id)] = want.get((token, c.id), 0) + 1
     assert found == want
     assert n_docs == len(records)
+    want_df: dict[str, int] = {}
+    for term, _ in want:
+        want_df[term] = want_df.get(term, 0) + 1
+    assert term_df == want_df  # the document frequencies long queries are cut by
     key = {c.id: (c.path, c.start_line, c.content_hash) for c in records}
     return {(term, key[doc]): n for (term, doc), n in found.items()}
 
@@ -996,6 +1001,7 @@ def test_schema_1_store_is_migrated_with_its_full_text_index(tmp_path: Path) -> 
     store.close()
     conn = sqlite3.connect(tmp_path / "index" / "store.sqlite3")
     conn.execute("DROP TABLE chunks_fts")  # what schema 1 had
+    conn.execute("DROP TABLE term_df")
     conn.execute("DELETE FROM meta WHERE key = 'lexical_tokens'")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
@@ -1018,6 +1024,27 @@ def test_schema_1_store_is_migrated_with_its_full_text_index(tmp_path: Path) -> 
     assert lexical(rebuilt, "levenshteinDistance") == a.chunk_ids
     lexical_postings(rebuilt)
     rebuilt.close()
+
+
+def test_schema_2_store_gets_the_document_frequencies_of_its_tokens(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "index")
+    put_file(store, "a.py", ["def levenshteinDistance(a, b):\n    return 0",
+                             "def hamming_distance(a, b):\n    return 1"])
+    fill_deep(store)
+    store.close()
+    conn = sqlite3.connect(tmp_path / "index" / "store.sqlite3")
+    conn.execute("DROP TABLE term_df")  # what schema 2 had
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    migrated = open_store(tmp_path / "index")
+    assert migrated.reembed_reason is None and not migrated.needs_reembed
+    lexical_postings(migrated)  # term_df filled: "distance" 2, "levenshtein" 1, ...
+    conn = sqlite3.connect(tmp_path / "index" / "store.sqlite3")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("SELECT df FROM term_df WHERE term = 'distance'").fetchone() == (2,)
+    conn.close()
+    migrated.close()
 
 
 def test_lexical_search_split_over_id_ranges_equals_one_query(tmp_path: Path,
