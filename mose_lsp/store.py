@@ -1161,6 +1161,7 @@ class Store:
                         "WHERE c.file_id = ? AND v.exit_layer = ?", (file_id, self.index_exit))}
                 chunk_ids: list[int] = []
                 added: list[int] = []
+                new_text: list[tuple[int, str]] = []  # full-text rows, one insert per file
                 reused: list[int] = []
                 embed_ids: list[int] = []
                 embed_rows: list[int] = []
@@ -1188,7 +1189,7 @@ class Store:
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (file_id, *fields, chunk.content_hash, chunk.text))
                         cid = int(cur.lastrowid)
-                        fts_insert(conn, [(cid, chunk.text)])
+                        new_text.append((cid, chunk.text))
                         added.append(cid)
                         embed_ids.append(cid)
                         embed_rows.append(i)
@@ -1197,6 +1198,7 @@ class Store:
                     "INSERT OR REPLACE INTO vectors (chunk_id, exit_layer, vector) VALUES (?, ?, ?)",
                     [(cid, self.index_exit, _blob(vectors[row]))
                      for cid, row in zip(embed_ids, embed_rows)])
+                fts_insert(conn, new_text)
                 removed = sorted(cid for ids in old.values() for cid in ids)
                 _fts_delete(conn, removed)
                 self._delete_chunks(conn, removed)
