@@ -221,6 +221,8 @@ def _migrate_1_lexical(conn: sqlite3.Connection) -> None:
 
 
 def _migrate_2_term_df(conn: sqlite3.Connection) -> None:
+    log.info("adding token document frequencies to the full-text index (once; about 10 s "
+             "per 100,000 chunks)")
     conn.execute(TERM_DF_SCHEMA)
     _fts_fill(conn)
 
