@@ -212,7 +212,7 @@ async def sample_rss(session: Session, out: list[tuple[float, int]], t0: float,
 
 async def run_scale(model: str | None, files: int, minutes: float, search_gap: float = 0.5,
                     threads: int = 2, workdir: Path | None = None) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="mose-scale-", dir=workdir))
+    tmp = Path(tempfile.mkdtemp(prefix="mose-scale-", dir=workdir)).resolve()
     try:
         folder = tmp / "big"
         t = time.perf_counter()
@@ -265,7 +265,7 @@ async def run_scale(model: str | None, files: int, minutes: float, search_gap: f
 
 async def run_soak(model: str | None, minutes: float, files: int = 300, threads: int = 2,
                    seed: int = 0, workdir: Path | None = None) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="mose-soak-", dir=workdir))
+    tmp = Path(tempfile.mkdtemp(prefix="mose-soak-", dir=workdir)).resolve()
     rng = random.Random(seed)
     functions = stdlib_functions()
     try:
