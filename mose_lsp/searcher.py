@@ -14,10 +14,12 @@ similarities of the exit that produced them (``Hit.exit`` says which).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 
-from .indexer import WorkspaceIndex
+import numpy as np
+
+from .indexer import WorkspaceIndex, model_id
 from .lexical import identifier_tokens, lexical_signal
 from .store import ChunkRecord
 
@@ -67,6 +69,11 @@ class Query:
     path_glob: str | None = None  # keep only chunks whose path matches (fnmatch, '**' ok)
     exclude_ids: frozenset[int] = frozenset()  # e.g. the query chunk itself for "similar"
     rerank: bool = True
+    # The query's vectors by exit when it is the text of a stored chunk ("find similar" on an
+    # indexed function): used instead of encoding it again by a searcher whose model made
+    # them (``vectors_model``: ``indexer.model_id``); an exit without one is encoded.
+    vectors: Mapping[int, np.ndarray] | None = field(default=None, compare=False)
+    vectors_model: str = ""
 
 
 def _glob_to_sqlite(glob: str) -> str:
@@ -79,6 +86,7 @@ class Searcher:
         self.index = index
         self.store = index.store
         self.model = index.model
+        self.model_id = model_id(index.model)
 
     def _filter(self, query: Query):
         if not query.languages and not query.path_glob and not query.exclude_ids:
@@ -116,7 +124,7 @@ class Searcher:
                 identifier_tokens(query.text), LEXICAL_DEPTH,
                 workers=min(LEXICAL_WORKERS, idx.settings.resolved_threads()))
             lexical, lex_top = lexical_signal(lex_ids, lex_scores, LEXICAL_CANDIDATES, flt)
-        qs = self.model.encode([query.text], query.kind, idx.index_exit, langs)[0]
+        qs = self._query_vector(query, idx.index_exit, langs)
         if not rerank:
             if self.store.deep_ann is None:  # one index holds every shallow vector
                 found, scores = self.store.search_fresh(qs, k, flt)
@@ -124,7 +132,7 @@ class Searcher:
             else:
                 ids, scores = self._shallow_everywhere(qs, k, flt)
             return self._hits(ids, dict(zip(ids, map(float, scores))), idx.index_exit)
-        qd = self.model.encode([query.text], query.kind, idx.rerank_exit, langs)[0]
+        qd = self._query_vector(query, idx.rerank_exit, langs)
         extra: list[int] = []  # candidates found by BM25 alone
         deep_scores: dict[int, float] = {}
         if self.store.deep_ann is not None:
@@ -164,6 +172,30 @@ class Searcher:
             hits += self._hits(rest, shallow, idx.index_exit)
         return hits
 
+    def _query_vector(self, query: Query, exit_layer: int, langs: list[str] | None) -> np.ndarray:
+        if query.vectors and query.vectors_model == self.model_id:
+            stored = query.vectors.get(exit_layer)
+            if stored is not None:
+                return stored
+        return self.model.encode([query.text], query.kind, exit_layer, langs)[0]
+
+    def stored_vectors(self, chunk: ChunkRecord) -> dict[int, np.ndarray]:
+        """The stored vectors of ``chunk`` at the exits a search uses (a chunk the deep pass
+        has not reached yet has only its shallow one), for :attr:`Query.vectors`."""
+        out: dict[int, np.ndarray] = {}
+        for exit_layer in dict.fromkeys((self.index.index_exit, self.index.rerank_exit)):
+            vec = self.store.get_vectors(exit_layer, [chunk.id]).get(chunk.id)
+            if vec is not None:
+                out[exit_layer] = vec
+        return out
+
+    def stored_chunk(self, path: str, content_hash: str, text: str) -> ChunkRecord | None:
+        """The stored chunk of ``path`` with this content hash and exactly this text, if any."""
+        for chunk in self.store.file_chunks(path):
+            if chunk.content_hash == content_hash and chunk.text == text:
+                return chunk
+        return None
+
     def _shallow_everywhere(self, qs, k: int, flt):
         """Shallow-exit scores over every chunk (no re-rank): fresh index + stored vectors."""
         ids, scores = self.store.search_fresh(qs, k, flt)
@@ -194,6 +226,7 @@ class Searcher:
         """Code similar to the chunk around ``start_line`` (or to the given line range / text)."""
         own: frozenset[int] = frozenset()
         lang = ""
+        vectors: dict[int, np.ndarray] = {}
         if text is None:
             end = start_line if end_line is None else end_line
             chunks = self.chunks_at(path, start_line, end)
@@ -202,13 +235,15 @@ class Searcher:
             if end_line is None:  # the innermost chunk around the position
                 chunk = min(chunks, key=lambda c: c.end_line - c.start_line)
                 text, lang, own = chunk.text, chunk.language or "", frozenset({chunk.id})
+                vectors = self.stored_vectors(chunk)
             else:
                 text = _slice_lines(chunks, start_line, end)
                 lang = chunks[0].language or ""
                 own = frozenset(c.id for c in chunks
                                 if c.start_line >= start_line and c.end_line <= end)
         query = Query(text=text, kind="code", lang=lang, k=k, languages=tuple(languages),
-                      path_glob=path_glob, exclude_ids=own)
+                      path_glob=path_glob, exclude_ids=own, vectors=vectors,
+                      vectors_model=self.model_id)
         return self.search(query)
 
 

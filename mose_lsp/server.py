@@ -321,6 +321,7 @@ class _QueryText:
     lang: str
     rel: str
     lines: tuple[int, int] | None  # the query's own lines (None: the whole file)
+    content_hash: str | None = None  # the chunk's, when the query is the chunk at a position
 
 
 def _query_from_text(rel: str, text: str, args: SimilarArgs, max_bytes: int) -> _QueryText:
@@ -352,7 +353,8 @@ def _query_from_text(rel: str, text: str, args: SimilarArgs, max_bytes: int) -> 
     if not around:
         raise ParamsError(f"mose.similar: no code around line {line + 1} of {rel}")
     chunk = min(around, key=lambda c: c.end_line - c.start_line)
-    return _QueryText(chunk.text, chunk.language or lang, rel, (chunk.start_line, chunk.end_line))
+    return _QueryText(chunk.text, chunk.language or lang, rel, (chunk.start_line, chunk.end_line),
+                      chunk.content_hash)
 
 
 # ----------------------------------------------------------------------------- the service
@@ -1089,8 +1091,17 @@ class MoseService:
                 text = raw.decode("utf-8", errors="replace")
             q = _query_from_text(rel, text, args, max_bytes)
             extra = 8 if q.lines is not None else min(200, len(text.splitlines()) // 5 + 8)
+            vectors, vectors_model = {}, ""
+            searcher = own.searcher
+            if q.content_hash is not None and searcher is not None:
+                # The chunk as indexed (on disk or from the buffer): its stored vectors
+                # are the query's, so it is not encoded again.
+                stored = searcher.stored_chunk(rel, q.content_hash, q.text)
+                if stored is not None:
+                    vectors, vectors_model = searcher.stored_vectors(stored), searcher.model_id
             query = Query(q.text, "code", lang=q.lang, k=k + extra,
-                          languages=args.filters.languages, path_glob=args.filters.path_glob)
+                          languages=args.filters.languages, path_glob=args.filters.path_glob,
+                          vectors=vectors, vectors_model=vectors_model)
 
             def keep(folder: Folder, hit: Hit) -> bool:
                 if folder is not own or hit.path != rel:

@@ -148,6 +148,52 @@ def test_similar_finds_a_copy_and_excludes_itself(workspace, tmp_path, model):
     index.close()
 
 
+def test_similar_on_an_indexed_chunk_reuses_its_stored_vectors(workspace, tmp_path, model,
+                                                                monkeypatch):
+    index = _open(workspace, tmp_path / "idx", model)
+    index.scan()
+    searcher = Searcher(index)
+    chunk = min((c for c in index.store.file_chunks("pkg/strings.py")
+                 if c.start_line <= 3 <= c.end_line), key=lambda c: c.end_line - c.start_line)
+    lang = chunk.language or ""
+    # What the stored vectors stand for: the query's own encodes, bit for bit.
+    stored = searcher.stored_vectors(chunk)
+    assert stored.keys() == {index.index_exit}  # before the deep pass: the shallow one only
+    assert np.array_equal(stored[index.index_exit],
+                          model.encode([chunk.text], "code", index.index_exit, [lang])[0])
+    query_encodes: list[int] = []  # exits the query text itself was encoded at
+    real_encode = model.encode
+
+    def counting_encode(texts, kind, exit, *args, **kwargs):
+        if list(texts) == [chunk.text]:
+            query_encodes.append(exit)
+        return real_encode(texts, kind, exit, *args, **kwargs)
+
+    monkeypatch.setattr(model, "encode", counting_encode)
+    searcher.similar("pkg/strings.py", 3, k=5)
+    assert query_encodes == [index.rerank_exit]  # the deep exit still had to be encoded
+    while index.fill_deep(max_chunks=512):
+        pass
+    assert index.store.stats().deep_coverage == 1.0  # nothing left to compute on the fly
+    query_encodes.clear()
+    encoded = Query(chunk.text, "code", lang=lang, k=5, exclude_ids=frozenset({chunk.id}))
+    want = [(h.chunk_id, h.score) for h in searcher.search(encoded)]
+    assert query_encodes == [index.index_exit, index.rerank_exit]
+    query_encodes.clear()
+    got = [(h.chunk_id, h.score) for h in searcher.similar("pkg/strings.py", 3, k=5)]
+    assert got == want and len(got) == 5
+    assert query_encodes == []  # both vectors were stored: nothing encoded
+    # Vectors made by another model are not used.
+    foreign = Query(chunk.text, "code", lang=lang, k=5,
+                    vectors=searcher.stored_vectors(chunk), vectors_model="another-model")
+    searcher.search(foreign)
+    assert query_encodes == [index.index_exit, index.rerank_exit]
+    # The server finds the stored chunk by content hash and exact text only.
+    assert searcher.stored_chunk("pkg/strings.py", chunk.content_hash, chunk.text) == chunk
+    assert searcher.stored_chunk("pkg/strings.py", chunk.content_hash, chunk.text + " ") is None
+    index.close()
+
+
 def test_hnsw_cache_missing_or_corrupt_is_rebuilt(workspace, tmp_path, model):
     index = _open(workspace, tmp_path / "idx", model)
     index.scan()
