@@ -1250,7 +1250,24 @@ def _symbol(result: Result) -> lsp.WorkspaceSymbol:
 
 class MoseProtocol(LanguageServerProtocol):
     """pygls's protocol, telling the service about ``$/cancelRequest`` (pygls alone cannot
-    stop a command: it runs in a task of its own, and work in threads needs a flag)."""
+    stop a command: it runs in a task of its own, and work in threads needs a flag), and not
+    keeping finished handlers' futures (see :meth:`_execute_handler`)."""
+
+    def _execute_handler(self, msg_id: Any, handler: Any, callback: Any,
+                         args: Any = None, kwargs: Any = None) -> None:
+        super()._execute_handler(msg_id, handler, callback, args, kwargs)
+        # pygls runs the user's handler of a built-in method (every LSP notification and
+        # request, workspace/executeCommand included) under a fresh uuid in
+        # ``_request_futures`` and never removes it, so each one kept its future and result
+        # (a whole search response) for good: the soak's steady memory growth. Forget a
+        # future once it is done (real request ids are also removed by pygls on reply).
+        future = self._request_futures.get(msg_id)
+        if future is not None:
+            future.add_done_callback(functools.partial(self._forget, msg_id))
+
+    def _forget(self, msg_id: Any, future: Any) -> None:
+        if self._request_futures.get(msg_id) is future:
+            del self._request_futures[msg_id]
 
     def _handle_cancel_notification(self, msg_id: Any) -> None:
         super()._handle_cancel_notification(msg_id)
