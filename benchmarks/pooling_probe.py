@@ -109,12 +109,9 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    from reference_model_eval import load_model  # this folder (run as a script)
 
-    torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModel.from_pretrained(args.model).eval()
+    tokenizer, model = load_model(args.model, args.threads)
     suite = ev.load_suite(args.suite)
     relevant = suite.relevant_indices()
     t0 = time.time()

@@ -24,6 +24,15 @@ from pathlib import Path
 import numpy as np
 
 
+def load_model(folder: Path, threads: int):
+    """(tokenizer, model in eval mode) of a transformers folder, PyTorch on ``threads`` threads."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    return AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+
+
 def encode(model, tokenizer, texts: list[str], max_tokens: int, batch: int) -> np.ndarray:
     import torch
 
@@ -54,14 +63,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
     from mose_lsp.evaluate import Metrics, dense_ranks, load_suites
 
-    torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModel.from_pretrained(args.model).eval()
+    tokenizer, model = load_model(args.model, args.threads)
     results = []
     for suite in load_suites(args.suites):
         start = time.perf_counter()
