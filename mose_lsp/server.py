@@ -1266,8 +1266,9 @@ class MoseProtocol(LanguageServerProtocol):
             future.add_done_callback(functools.partial(self._forget, msg_id))
 
     def _forget(self, msg_id: Any, future: Any) -> None:
+        # A thread handler's future calls back from its worker thread: pop, never del.
         if self._request_futures.get(msg_id) is future:
-            del self._request_futures[msg_id]
+            self._request_futures.pop(msg_id, None)
 
     def _handle_cancel_notification(self, msg_id: Any) -> None:
         super()._handle_cancel_notification(msg_id)
