@@ -80,7 +80,7 @@ document frequency, from :data:`TERM_DF_TABLE`). FTS5's ``bm25()`` costs about a
 per chunk that holds any query token, so a whole function used as a query (30-60 tokens, most
 of them common: ``return``, ``self``, ``value``) made it score most of the store. Its 16
 rarest tokens carry almost all of the BM25 weight: ``benchmarks/workspace_bench.py``'s code
-queries at 100k chunks went from p50/p95 103/161 ms to 55/84 ms, and ``mose eval``'s fused MRR
+queries at 100k chunks went from p50/p95 103/161 ms to 46/74 ms, and ``mose eval``'s fused MRR
 on the code -> code suites did not move (8 tokens cost 0.5 on one). Text queries rarely have
 more than 16 tokens and keep them all."""
 
@@ -172,8 +172,8 @@ def fts_terms(conn: sqlite3.Connection | None, query_tokens: Iterable[str]) -> l
     """The tokens a full-text search scores: the distinct tokens (the first
     :data:`MAX_QUERY_TERMS`), without NUL or lone surrogates, without English function words
     when other tokens remain, and, when more than :data:`SCORED_QUERY_TERMS` remain, the rarest
-    of those found in ``conn``'s index (ties in query order; tokens no document holds match
-    nothing and go first). ``conn`` None keeps the first ones."""
+    of those found in ``conn``'s index (ties in query order; tokens no document holds would
+    match nothing and are dropped). ``conn`` None keeps the first ones."""
     terms = query_terms(clean for t in query_tokens if isinstance(t, str)
                         if (clean := _fts_clean(t)).strip())
     content = [t for t in terms if t.lower() not in QUERY_STOP_WORDS]
@@ -182,12 +182,13 @@ def fts_terms(conn: sqlite3.Connection | None, query_tokens: Iterable[str]) -> l
         return terms
     if conn is None:
         return terms[:SCORED_QUERY_TERMS]
-    keys = {t: t.lower() for t in terms}
-    df = dict(conn.execute(
-        f"SELECT term, df FROM {TERM_DF_TABLE} WHERE term IN "
-        f"({', '.join('?' * len(set(keys.values())))})", tuple(set(keys.values()))).fetchall())
-    held = [t for t in terms if df.get(keys[t], 0) > 0]
-    return sorted(held, key=lambda t: df[keys[t]])[:SCORED_QUERY_TERMS]
+    keys = [t.lower() for t in terms]  # the index holds lowercase tokens
+    wanted = list(dict.fromkeys(keys))
+    df = dict(conn.execute(f"SELECT term, df FROM {TERM_DF_TABLE} WHERE term IN "
+                           f"({', '.join(['?'] * len(wanted))})", wanted).fetchall())
+    held = [i for i, key in enumerate(keys) if df.get(key, 0) > 0]
+    held.sort(key=lambda i: df[keys[i]])  # stable: ties stay in query order
+    return [terms[i] for i in held[:SCORED_QUERY_TERMS]]
 
 
 def fts_query(terms: Iterable[str]) -> str:
