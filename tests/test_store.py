@@ -587,8 +587,8 @@ def test_fresh_index_gives_back_slots_when_chunks_move_to_deep(tmp_path: Path) -
 
 @pytest.mark.parametrize("how", ["no-rerank-exit", "same-exit", "deep_index=False"])
 def test_single_shallow_index_without_a_distinct_rerank_exit(tmp_path: Path, how: str) -> None:
-    """Without a deep index, fresh holds every shallow vector (the single index of before):
-    deep fills do not move chunks and search_shallow sees them all. Switching a store between
+    """Without a deep index, fresh holds every shallow vector (one index over every chunk):
+    deep fills do not move chunks and search_fresh sees them all. Switching a store between
     the two layouts rebuilds what the new layout needs, never trusting a file it did not
     maintain."""
     index_dir = tmp_path / "index"
@@ -608,7 +608,7 @@ def test_single_shallow_index_without_a_distinct_rerank_exit(tmp_path: Path, how
     assert single.fresh_ann.count() == 3
     assert single.search_deep(embed("def a(): pass", DEEP), 3)[0].size == 0
     ids = [c.id for c in single.file_chunks("a.py")]
-    assert single.search_shallow(embed("def a(): pass", SHALLOW), 1)[0].tolist() == [ids[0]]
+    assert single.search_fresh(embed("def a(): pass", SHALLOW), 1)[0].tolist() == [ids[0]]
     fill_deep(single)  # deep vectors are stored but do not move anything
     assert single.fresh_ann.count() == 3
     stats = single.stats()
@@ -1049,7 +1049,7 @@ def test_schema_2_store_gets_the_document_frequencies_of_its_tokens(tmp_path: Pa
 
 def test_lexical_search_split_over_id_ranges_equals_one_query(tmp_path: Path,
                                                               monkeypatch) -> None:
-    import mose_lsp.store as store_module
+    import mose_lsp.store.fulltext as store_module
 
     store = open_store(tmp_path / "index")
     words = ["parse", "render", "table", "value", "file", "stream", "merge", "date"]
