@@ -40,9 +40,6 @@ class IgnoreRules:
         self._base = GitIgnoreSpec.from_lines([*DEFAULT_EXCLUDES, *settings.exclude])
         self._layers: dict[str, list[GitIgnoreSpec]] = {}
 
-    def is_secret(self, rel: str) -> bool:
-        return self._secrets.match_file(rel)
-
     def load_dir(self, rel_dir: str) -> None:
         """Read the ignore files of ``rel_dir`` ('' for the root) once."""
         if rel_dir in self._layers:

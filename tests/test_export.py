@@ -275,9 +275,11 @@ def test_checkpoint_without_the_requested_exit_is_refused(tiny, tmp_path):
 
 def test_released_layout_folder_exports(tiny, tmp_path):
     """A folder in the released ModularStarEncoder layout (config.json + sharded safetensors)."""
-    released = pytest.importorskip("mose_training.released")
+    pytest.importorskip("mose_training.released")
+    from helpers_released import write_released_layout
+
     model, checkpoint = tiny
-    folder = released.write_released_layout(model, tmp_path / "released", shards=2)
+    folder = write_released_layout(model, tmp_path / "released", shards=2)
     shutil.copyfile(checkpoint / "tokenizer.json", folder / "tokenizer.json")
     result = export_model(folder, tmp_path / "out", exits=(2,), int8=False)
     assert result.parity.exits[0].max_abs_diff <= 1e-4

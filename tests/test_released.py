@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
+from helpers_released import write_released_layout
 from mose_training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mose_training.model import MoSEEncoder, preset
 from mose_training.released import (
@@ -16,7 +17,6 @@ from mose_training.released import (
     PRETRAINED_REPO,
     ReleasedCheckpointError,
     load_released,
-    write_released_layout,
 )
 from safetensors.torch import load_file, save_file
 

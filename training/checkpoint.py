@@ -23,7 +23,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from mose_lsp.errors import MoseError
+from .errors import CheckpointError
 
 CHECKPOINT_FILE = "mose_checkpoint.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -35,10 +35,6 @@ FAMILIES: dict[str, str] = {
     "mose-starcoder2": "mose_training.model:MoSEEncoder",
     "hf-adapter": "mose_training.hf_adapter:HFMultiExitEncoder",
 }
-
-
-class CheckpointError(MoseError):
-    """A checkpoint folder is missing, malformed or of an unknown kind."""
 
 
 def register_family(kind: str, target: str) -> None:

@@ -337,20 +337,6 @@ class EmbeddingAnchor(nn.Module):
         return embedding_anchor(student, teacher)
 
 
-class MLMLoss(nn.Module):
-    """``forward(logits (B, T, V) | (N, V), labels (B, T) | (N,)) -> scalar``; -100 is ignored."""
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return mlm_loss(logits, labels)
-
-
-class ICCLoss(nn.Module):
-    """``forward(logits (B, 2), labels (B,)) -> scalar``."""
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return icc_loss(logits, labels)
-
-
 class PretrainingLoss(nn.Module):
     """One exit's MoSE pretraining loss: ``MLM + icc_weight * ICC``.
 
