@@ -31,7 +31,15 @@ class FileEntry:
 
 
 class IgnoreRules:
-    """Layered gitignore-style rules; a deeper folder's file applies to paths under it."""
+    """Layered gitignore-style rules, decided as git decides them.
+
+    A folder's ``.gitignore`` (and ``.moseignore``, same syntax, which wins over it) applies
+    to the paths below that folder. For one path the deepest file with a matching pattern
+    decides, and within a file the last matching pattern, so a deeper ``!negation``
+    re-includes what a parent file excluded. A path inside an excluded folder stays excluded
+    whatever the deeper files say: git does not look into that folder, and neither do we.
+    The default excludes and the secret patterns are absolute: no negation re-includes them.
+    """
 
     def __init__(self, root: Path, settings: Settings):
         self.root = root
@@ -39,6 +47,7 @@ class IgnoreRules:
         self._secrets = GitIgnoreSpec.from_lines(settings.secret_patterns)
         self._base = GitIgnoreSpec.from_lines([*DEFAULT_EXCLUDES, *settings.exclude])
         self._layers: dict[str, list[GitIgnoreSpec]] = {}
+        self._dirs: dict[str, bool] = {}  # folder -> ignored (the walk asks again and again)
 
     def load_dir(self, rel_dir: str) -> None:
         """Read the ignore files of ``rel_dir`` ('' for the root) once."""
@@ -56,17 +65,36 @@ class IgnoreRules:
         self._layers[rel_dir] = specs
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
-        probe = rel + "/" if is_dir else rel
+        """Whether the workspace-relative path ``rel`` (a folder when ``is_dir``) is ignored."""
+        parts = PurePosixPath(rel).parts
+        for depth in range(1, len(parts)):
+            if self._dir_ignored("/".join(parts[:depth])):
+                return True
+        return self._own_rules(parts, is_dir)
+
+    def _dir_ignored(self, rel_dir: str) -> bool:
+        known = self._dirs.get(rel_dir)
+        if known is None:
+            parts = PurePosixPath(rel_dir).parts
+            parent = "/".join(parts[:-1])
+            known = (bool(parent) and self._dir_ignored(parent)) or self._own_rules(parts, True)
+            self._dirs[rel_dir] = known
+        return known
+
+    def _own_rules(self, parts: tuple[str, ...], is_dir: bool) -> bool:
+        """The rules that name this path itself (its folders already checked)."""
+        slash = "/" if is_dir else ""
+        probe = "/".join(parts) + slash
         if self._base.match_file(probe) or self._secrets.match_file(probe):
             return True
-        parts = PurePosixPath(rel).parts
-        for depth in range(len(parts)):
+        for depth in range(len(parts) - 1, -1, -1):  # the deepest ignore file first
             rel_dir = "/".join(parts[:depth])
             self.load_dir(rel_dir)
-            sub = "/".join(parts[depth:]) + ("/" if is_dir else "")
-            for spec in self._layers[rel_dir]:
-                if spec.match_file(sub):
-                    return True
+            sub = "/".join(parts[depth:]) + slash
+            for spec in reversed(self._layers[rel_dir]):  # .moseignore over .gitignore
+                verdict = spec.check_file(sub).include
+                if verdict is not None:
+                    return verdict
         return False
 
 
