@@ -8,18 +8,33 @@ scan replaces them with the disk version. A background pass fills deep-exit vect
 
 Everything here is blocking and thread-safe through the store's single-writer lock: the
 language server calls it from worker threads, never from its event loop.
+
+Several processes (the language server, MCP servers, CLI commands) may open one index at
+once. Every write here runs under the index's writer lock (:mod:`mose_lsp.service.lock`, an
+flock that the kernel drops when its owner dies), taken per batch: opening the store, each
+batch of a scan, each file-event batch or buffer update, each step of the deep pass, each
+save of the vector indexes. After taking it the store catches up with what other processes
+committed (``Store.sync``) and every file is re-checked against the store, so nothing another
+process indexed meanwhile is embedded again. Readers take no lock.
+
+``MOSE_ENCODE_LOG=<file>`` (a debugging aid): every encode call of indexing, the deep pass
+and on-the-fly search vectors appends one JSON line to that file: pid, purpose, exit layer
+and per chunk encoded its (path, content hash), or ("#<chunk id>", "") for the deep pass. It
+shows which process embedded what, and that no chunk was embedded twice.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -28,7 +43,9 @@ import numpy as np
 from .chunker import Chunk, ChunkLimits, ChunkResult, SkipReason, chunk_source, decode_source
 from .config import Settings
 from .encoder import ModelEncoder
+from .errors import StoreError
 from .languages import detect_language
+from .service.lock import LockBusy, writer_lock
 from .store import FileMeta, Store, default_index_dir
 from .walker import FileEntry, IgnoreRules, iter_files
 
@@ -36,6 +53,29 @@ log = logging.getLogger(__name__)
 
 OVERLAY_MTIME = -1  # mtime_ns recorded for unsaved buffer content: never equals a disk file's
 EMBED_POOL = 256  # new chunks gathered across files before one encode call
+# How long an open waits for another process's write batch (a batch holds the lock for a few
+# seconds; a longer wait means that process is stuck, and the error names it).
+OPEN_WAIT_S = 120.0
+SAVE_INTERVAL_S = 60.0  # least time between two saves of the vector indexes by a scan
+CLOSE_WAIT_S = 5.0  # how long close waits to save the vector indexes (else leaves them)
+ENCODE_LOG_ENV = "MOSE_ENCODE_LOG"
+
+
+def encode_log(purpose: str, exit_layer: int, items: Iterable[tuple[str, str]]) -> None:
+    """Append one line to ``$MOSE_ENCODE_LOG`` (when set): see the module docstring."""
+    target = os.environ.get(ENCODE_LOG_ENV)
+    if not target:
+        return
+    line = json.dumps({"pid": os.getpid(), "t": round(time.time(), 3), "purpose": purpose,
+                       "exit": exit_layer, "items": [list(i) for i in items]})
+    try:  # one write of a line opened with O_APPEND: lines of several processes never mix
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError as err:
+        log.warning("%s=%s cannot be written: %s", ENCODE_LOG_ENV, target, err)
 
 
 @dataclass(frozen=True)
@@ -119,21 +159,71 @@ class WorkspaceIndex:
         self.rerank_exit = model.rerank_exit
         self._rules = IgnoreRules(self.root, settings)
         self._scan_lock = threading.Lock()
+        self.lock = writer_lock(store.index_dir)
 
     @classmethod
     def open(cls, root: str | Path, settings: Settings | None = None,
-             model: ModelEncoder | None = None) -> WorkspaceIndex:
+             model: ModelEncoder | None = None, wait_s: float = OPEN_WAIT_S) -> WorkspaceIndex:
+        """Open the workspace's index (creating it), under its writer lock: ``wait_s`` bounds
+        the wait for another process's write batch (:class:`LockBusy` after it)."""
         settings = settings or Settings()
         root = Path(root).expanduser().resolve()
         model = model or ModelEncoder.open(settings.model, threads=settings.resolved_threads())
         index_dir = Path(settings.index_dir) if settings.index_dir else default_index_dir(root)
         dims = {layer: model.dim(layer) for layer in model.exits}
-        store = Store.open(index_dir, dims=dims, index_exit=model.index_exit,
-                           rerank_exit=model.rerank_exit, model_id=model_id(model))
+        with writer_lock(index_dir).hold("open", wait_s):
+            store = Store.open(index_dir, dims=dims, index_exit=model.index_exit,
+                               rerank_exit=model.rerank_exit, model_id=model_id(model))
         return cls(root, settings, model, store)
 
     def close(self) -> None:
-        self.store.close()
+        """Save the vector indexes (when the writer lock comes within ``CLOSE_WAIT_S``; else
+        the process holding it saves them) and close the store."""
+        try:
+            self.lock.acquire("close", CLOSE_WAIT_S)
+        except LockBusy:
+            self.store.close(save=False)
+            return
+        try:
+            try:
+                self._sync()
+            except StoreError:
+                pass  # closed already (close is idempotent)
+            self.store.close()
+        finally:
+            self.lock.release()
+
+    # -- the writer lock
+
+    @contextmanager
+    def writing(self, what: str, timeout_s: float | None = None) -> Iterator[None]:
+        """Hold the index's writer lock (waiting up to ``timeout_s``; None: as long as it
+        takes) with the store caught up with other processes' commits."""
+        with self.lock.hold(what, timeout_s):
+            self._sync()
+            yield
+
+    def _sync(self) -> None:
+        self.store.sync()
+
+    def update_running(self) -> bool:
+        """Whether another process (or thread) is writing this index right now."""
+        return self.lock.busy()
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Save the vector indexes that changed (under the writer lock)."""
+        with self.writing("save", timeout_s):
+            return self.store.flush()
+
+    def maybe_flush(self, min_interval_s: float = 60.0, timeout_s: float | None = 0.0) -> bool:
+        """``Store.maybe_flush`` under the writer lock; False when it is busy (the owner saves)."""
+        if not self.store.dirty:
+            return False
+        try:
+            with self.writing("save", timeout_s):
+                return self.store.maybe_flush(min_interval_s)
+        except LockBusy:
+            return False
 
     def reload_rules(self) -> None:
         """Read the ignore files again (the server calls this when a .gitignore or .moseignore
@@ -184,11 +274,14 @@ class WorkspaceIndex:
     def _flush(self, pending: list[_Pending], background: bool = False) -> int:
         """Embed the new chunks of ``pending`` files in one call, then write each file.
         ``background`` (a scan): the encoder pauses while a query runs."""
-        texts, langs = [], []
+        texts, langs, logged = [], [], []
         for p in pending:
             for i in p.embed_rows:
                 texts.append(p.chunks[i].text)
                 langs.append(p.chunks[i].language)
+                logged.append((p.rel, p.chunks[i].content_hash))
+        if texts:
+            encode_log("index", self.index_exit, logged)
         vectors = (self.model.encode(texts, "code", self.index_exit, langs,
                                      batch_size=self.settings.batch_size, background=background)
                    if texts else np.zeros((0, self.model.dim(self.index_exit)), np.float32))
@@ -206,67 +299,100 @@ class WorkspaceIndex:
     # -- public operations
 
     def scan(self, progress: ProgressFn | None = None,
-             cancel: threading.Event | None = None) -> ScanReport:
-        """Bring the store up to date with the files on disk (first index or catch-up)."""
-        with self._scan_lock:
-            return self._scan(progress, cancel)
+             cancel: threading.Event | None = None, wait_s: float | None = None) -> ScanReport:
+        """Bring the store up to date with the files on disk (first index or catch-up).
 
-    def _scan(self, progress: ProgressFn | None, cancel: threading.Event | None) -> ScanReport:
+        ``wait_s`` bounds each wait for the writer lock (None: as long as it takes); when it
+        runs out, :class:`LockBusy` is raised and the batches written so far stay."""
+        started = time.monotonic()
+        if not self._scan_lock.acquire(timeout=-1 if wait_s is None else max(0.0, wait_s)):
+            raise LockBusy(self.store.index_dir, self.lock.owner(), time.monotonic() - started)
+        try:
+            return self._scan(progress, cancel, wait_s)
+        finally:
+            self._scan_lock.release()
+
+    def _scan(self, progress: ProgressFn | None, cancel: threading.Event | None,
+              wait_s: float | None = None) -> ScanReport:
         started = time.perf_counter()
         report = ScanReport()
         entries = list(iter_files(self.root, self.settings))
         report.files_seen = len(entries)
+        self._sync()
         known = {s.path: s for s in self.store.all_files()}
         on_disk = {e.rel for e in entries}
-        changed = [e for e in entries
-                   if (s := known.get(e.rel)) is None or s.size != e.size
-                   or s.mtime_ns != e.mtime_ns]
+        changed = [e for e in entries if not _same_state(known.get(e.rel), e)]
         report.files_unchanged = len(entries) - len(changed)
-        gone = {rel: known[rel] for rel in known if rel not in on_disk}
-        gone_by_hash: dict[str, list[str]] = {}
-        for rel, state in gone.items():
-            if state.content_hash and not state.skipped:
-                gone_by_hash.setdefault(state.content_hash, []).append(rel)
+        gone = [rel for rel in known if rel not in on_disk]
+        total = len(changed)
+        at = 0
+        while at < total:  # one batch per hold of the writer lock
+            if cancel is not None and cancel.is_set():
+                break
+            with self.writing("scan", wait_s):
+                at = self._scan_batch(changed, at, gone, report, progress, cancel)
+        if gone and not (cancel is not None and cancel.is_set()):
+            with self.writing("scan", wait_s):
+                for rel in gone:  # still gone, and not renamed meanwhile by another process
+                    if not (self.root / rel).exists() and self.store.delete_file(rel):
+                        report.files_deleted += 1
+        if self.store.dirty:  # a long scan saves as it goes; close saves the rest
+            self.maybe_flush(SAVE_INTERVAL_S, wait_s)
+        report.seconds = time.perf_counter() - started
+        return report
 
+    def _scan_batch(self, changed: list[FileEntry], at: int, gone: list[str],
+                    report: ScanReport, progress: ProgressFn | None,
+                    cancel: threading.Event | None) -> int:
+        """Index ``changed[at:]`` until about ``EMBED_POOL`` new chunks are embedded (writer
+        lock held); returns where the next batch starts. Each file is re-checked against the
+        store first: another process may have indexed it since the scan listed it."""
         pending: list[_Pending] = []
         pool = 0
         total = len(changed)
-        for n, entry in enumerate(changed, 1):
+        gone_by_hash: dict[str, list[str]] = {}
+        for rel in gone:
+            state = self.store.file_state(rel)
+            if state is not None and state.content_hash and not state.skipped \
+                    and not (self.root / rel).exists():
+                gone_by_hash.setdefault(state.content_hash, []).append(rel)
+        while at < total and pool < EMBED_POOL:
             if cancel is not None and cancel.is_set():
                 break
-            meta, result = self._read(entry)
-            if entry.rel not in known and (olds := gone_by_hash.get(meta.content_hash)):
-                old = olds.pop()
-                gone.pop(old, None)
-                self.store.rename_file(old, entry.rel)  # keeps chunks and every vector
-                report.files_renamed += 1
-            item = self._prepare(entry.rel, meta, result)
-            if item is None:
-                report.files_skipped += 1
-                code = result.skipped.code if result.skipped else "?"
-                report.skipped[code] = report.skipped.get(code, 0) + 1
+            entry = changed[at]
+            at += 1
+            state = self.store.file_state(entry.rel)
+            if _same_state(state, entry):
+                report.files_unchanged += 1
             else:
-                report.files_indexed += 1
-                pending.append(item)
-                pool += len(item.embed_rows)
-            if pool >= EMBED_POOL or n == total:
-                report.chunks_embedded += self._flush(pending, background=True)
-                pool = 0
+                meta, result = self._read(entry)
+                if state is None and (olds := gone_by_hash.get(meta.content_hash)):
+                    old = olds.pop()
+                    gone.remove(old)
+                    self.store.rename_file(old, entry.rel)  # keeps chunks and every vector
+                    report.files_renamed += 1
+                item = self._prepare(entry.rel, meta, result)
+                if item is None:
+                    report.files_skipped += 1
+                    code = result.skipped.code if result.skipped else "?"
+                    report.skipped[code] = report.skipped.get(code, 0) + 1
+                else:
+                    report.files_indexed += 1
+                    pending.append(item)
+                    pool += len(item.embed_rows)
             if progress is not None:
-                progress(Progress("scan", n, total, entry.rel))
+                progress(Progress("scan", at, total, entry.rel))
         if pending:
             report.chunks_embedded += self._flush(pending, background=True)
-        if not (cancel is not None and cancel.is_set()):
-            for rel in gone:
-                self.store.delete_file(rel)
-                report.files_deleted += 1
-        self.store.flush()
-        report.seconds = time.perf_counter() - started
-        return report
+        return at
 
     def update_paths(self, rels: Iterable[str]) -> ScanReport:
         """Re-check specific workspace-relative paths (file watcher events): changed files are
         re-indexed, vanished ones deleted, ignored ones dropped."""
+        with self.writing("update"):
+            return self._update_paths(rels)
+
+    def _update_paths(self, rels: Iterable[str]) -> ScanReport:
         report = ScanReport()
         pending: list[_Pending] = []
         for rel in dict.fromkeys(rels):
@@ -302,22 +428,27 @@ class WorkspaceIndex:
         """
         raw = text.encode("utf-8")
         meta, result = self._chunk_bytes(rel, raw, OVERLAY_MTIME)
-        item = self._prepare(rel, meta, result)
-        return self._flush([item]) if item is not None else 0
+        with self.writing("buffer"):
+            item = self._prepare(rel, meta, result)
+            return self._flush([item]) if item is not None else 0
 
     def fill_vectors(self, exit_layer: int, max_chunks: int = 256,
                      cancel: threading.Event | None = None) -> int:
         """Embed up to ``max_chunks`` chunks that lack a vector at ``exit_layer``."""
         done = 0
         while done < max_chunks and not (cancel is not None and cancel.is_set()):
-            batch = self.store.chunks_missing_vectors(
-                exit_layer, min(self.settings.batch_size * 2, max_chunks - done))
-            if not batch:
-                break
-            vectors = self.model.encode([c.text for c in batch], "code", exit_layer,
-                                        [c.language or "" for c in batch],
-                                        batch_size=self.settings.batch_size, background=True)
-            self.store.put_vectors(exit_layer, [c.chunk_id for c in batch], vectors)
+            with self.writing("deep"):  # chosen and stored under one hold: never twice
+                batch = self.store.chunks_missing_vectors(
+                    exit_layer, min(self.settings.batch_size * 2, max_chunks - done))
+                if not batch:
+                    break
+                encode_log("deep" if exit_layer != self.index_exit else "index", exit_layer,
+                           [(f"#{c.chunk_id}", "") for c in batch])
+                vectors = self.model.encode([c.text for c in batch], "code", exit_layer,
+                                            [c.language or "" for c in batch],
+                                            batch_size=self.settings.batch_size,
+                                            background=True)
+                self.store.put_vectors(exit_layer, [c.chunk_id for c in batch], vectors)
             done += len(batch)
         return done
 
@@ -331,3 +462,8 @@ class WorkspaceIndex:
             stats = self.store.stats()
             progress(Progress("deep", int((stats.deep_coverage or 0) * stats.chunks), stats.chunks))
         return done
+
+
+def _same_state(state, entry: FileEntry) -> bool:
+    """Whether the store's record of a file matches its size and mtime on disk."""
+    return state is not None and state.size == entry.size and state.mtime_ns == entry.mtime_ns

@@ -8,7 +8,8 @@ the lexical candidates are the filtered chunks within that top list).
 
 Every chunk has a shallow vector (cheap, written on every edit); the candidates it finds are
 re-scored with the deep exit, using cached deep vectors where the background pass has made
-them and computing the few missing ones on the fly (and caching them). Scores are cosine
+them and computing the few missing ones on the fly (and caching them when the index's writer
+lock is free: a search never waits for a writer). Scores are cosine
 similarities of the exit that produced them (``Hit.exit`` says which).
 """
 
@@ -19,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .indexer import WorkspaceIndex, model_id
+from .indexer import WorkspaceIndex, encode_log, model_id
 from .lexical import identifier_tokens, lexical_signal
+from .service.lock import LockBusy
 from .store import ChunkRecord
 
 # Deep vectors computed per query at most (fresh candidates, best shallow first); the others
@@ -107,6 +109,7 @@ class Searcher:
         encoding (indexing, the deep pass) pauses meanwhile."""
         if not query.text.strip():
             return []
+        self.store.sync()  # what other processes committed (one read when nothing moved)
         with self.model.foreground():
             return self._search(query)
 
@@ -154,12 +157,13 @@ class Searcher:
                 records = {r.id: r for r in self.store.get_chunks(todo)}
                 todo = [i for i in todo if i in records]
                 if todo:
+                    encode_log("query", idx.rerank_exit,
+                               [(records[i].path, records[i].content_hash) for i in todo])
                     vecs = self.model.encode([records[i].text for i in todo], "code",
                                              idx.rerank_exit,
                                              [records[i].language or "" for i in todo])
                     cached.update(zip(todo, vecs))
-                    # Cached for next time; this also moves them to the deep index.
-                    self.store.put_vectors(idx.rerank_exit, todo, vecs)
+                    self._keep(todo, vecs)
             for i, vec in cached.items():
                 deep_scores[i] = float(vec @ qd)
         if lexical:
@@ -171,6 +175,16 @@ class Searcher:
             rest = [i for i in fresh if i not in deep_scores and i not in extras][: k - len(hits)]
             hits += self._hits(rest, shallow, idx.index_exit)
         return hits
+
+    def _keep(self, ids: list[int], vecs: np.ndarray) -> None:
+        """Store deep vectors computed for a query (this also moves the chunks to the deep
+        index), if the writer lock is free right now: a search never waits for a writer.
+        When it is busy they are dropped, and the deep pass makes them later."""
+        try:
+            with self.index.writing("cache", timeout_s=0):
+                self.store.put_vectors(self.index.rerank_exit, ids, vecs)
+        except LockBusy:
+            pass
 
     def _query_vector(self, query: Query, exit_layer: int, langs: list[str] | None) -> np.ndarray:
         if query.vectors and query.vectors_model == self.model_id:

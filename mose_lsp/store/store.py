@@ -103,8 +103,10 @@ class Store(WritesMixin, ReadsMixin, FullTextMixin, SchemaMixin):
 
     # -- closing
 
-    def close(self) -> None:
-        """Save the vector indexes that changed, then release everything. Idempotent."""
+    def close(self, save: bool = True) -> None:
+        """Save the vector indexes that changed (unless ``save`` is False: a process that does
+        not hold the index's writer lock leaves the files to the one that does), then release
+        everything. Idempotent."""
         if self._closed:
             return
         with self._compactor_lock:
@@ -113,7 +115,7 @@ class Store(WritesMixin, ReadsMixin, FullTextMixin, SchemaMixin):
         if compactor is not None:
             compactor.join()  # it stops at its next batch
         try:
-            if self._anns and self._wconn is not None:
+            if save and self._anns and self._wconn is not None:
                 try:
                     self.flush()
                 except StoreError as err:

@@ -450,6 +450,31 @@ class VectorCacheMixin(Database):
             return False
         return self.flush()
 
+    def sync(self) -> bool:
+        """Catch up with what other processes committed: when the database's generation is
+        not the one the in-memory vector indexes reflect, make each index hold exactly its
+        partition again (ids only: a chunk id is never reused, so its vectors never change).
+        Returns whether anything had moved. One small read when nothing did: searches call it
+        before asking the vector indexes, and a writer after taking the index's writer lock
+        (``mose_lsp.service.lock``), so that what it saves is what the database holds."""
+        with self._errors():
+            if self._read_generation(self._reader()) == self._generation:
+                return False
+            with self._write_lock:
+                self._check_open()
+                conn = self._writer()
+                conn.execute("BEGIN")  # one snapshot: generations and partitions agree
+                try:
+                    if self._read_generation(conn) == self._generation:
+                        return False
+                    self._read_generations(conn)
+                    for part in self.partitions:
+                        self._reconcile(conn, part, self._anns[part], False)
+                finally:
+                    conn.execute("COMMIT")
+        self._schedule_compaction()
+        return True
+
     @property
     def dirty(self) -> bool:
         """Whether a vector index changed since it was last saved."""

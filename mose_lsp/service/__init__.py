@@ -1,0 +1,97 @@
+"""The service layer: what every front end (language server, MCP server, CLI) calls.
+
+Plain Python, blocking, thread-safe; no LSP or MCP types. Call it from worker threads, never
+from an event loop.
+
+API
+---
+``Service(settings=None, model=None)``
+    Holds the workspace folders and one encoder (loaded on first use, or the one given).
+
+``service.add_folder(root, settings=None) -> Workspace`` / ``remove_folder(root)`` /
+``service.folders`` / ``service.locate(path) -> (Workspace, rel) | None`` / ``close()``
+    A :class:`Workspace` opens its index on first use (``workspace.index``: the
+    ``indexer.WorkspaceIndex``; ``workspace.searcher``: its ``Searcher``).
+
+``service.search(query, kind="text"|"code", limit=None, languages=(), path_glob=None,
+folders=None, fresh=True, wait_s=FRESH_WAIT_S) -> SearchResult``
+    ``fresh``: first index what changed on disk (an incremental scan). If another client
+    is writing the index for longer than ``wait_s``, the answer comes from the last
+    committed index and ``result.update_in_progress`` is True (``result.freshness`` says
+    which folder, who writes, and what this call updated).
+
+``service.similar(path=..., start_line=None, end_line=None | text=..., language="", limit,
+languages, path_glob, folders, fresh, wait_s) -> SearchResult``
+    Code like the chunk around a line, a line range, a whole file, or a pasted snippet;
+    the query's own code is left out. Lines are 0-based.
+
+``service.status(folders=None, count_pending=True) -> list[FolderStatus]``
+    Files, chunks, deep coverage, files changed since indexed, and whether a writer (this
+    or another process) holds the index's lock.
+
+``service.reindex(folders=None, rebuild=False, deep=False, progress=None, cancel=None)
+-> list[ReindexResult]``  and  ``service.fill_deep(folders=None, max_chunks=256, ...)``
+    Update now (waiting for other writers); ``rebuild`` re-embeds everything.
+
+``service.refresh(folders=None, wait_s=FRESH_WAIT_S) -> tuple[Freshness, ...]``
+    Only the freshness step (an incremental update of changed files).
+
+Errors are :class:`ServiceError` (a request that cannot be answered, with what to send
+instead), ``LockBusy`` (another writer held the lock past the wait) and the other
+``MoseError`` subclasses; each message says what to do.
+
+Many clients, one index
+-----------------------
+Any number of processes may open one workspace's index. Writes go through
+``indexer.WorkspaceIndex``, which takes the index's writer lock (:mod:`.lock`: an flock on
+``writer.lock`` in the index folder, dropped by the kernel when its owner dies, so a crashed
+owner's lock is taken over at once) per batch, catches up with other processes' commits
+(``Store.sync``) and re-checks each file against the store, so nothing is embedded twice.
+Readers take no lock: they read SQLite's last commit, and each file's change is one
+transaction. A search that computed deep vectors on the fly stores them only if the lock is
+free at that moment; otherwise the deep pass makes them later.
+
+Front ends: the language server keeps unsaved buffers (``WorkspaceIndex.update_text``) and
+the LSP types; the MCP server (:mod:`mose_lsp.mcp`) and the CLI call this layer for search,
+similar, status and reindex.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .lock import LockBusy, LockOwner, WriterLock, writer_lock
+
+if TYPE_CHECKING:
+    from .core import FRESH_WAIT_S, Service, ServiceError, Workspace, forget_all
+    from .types import (
+        FolderStatus,
+        Freshness,
+        ReindexResult,
+        SearchResult,
+        ServiceHit,
+        SkippedFile,
+    )
+
+__all__ = [
+    "FRESH_WAIT_S", "FolderStatus", "Freshness", "LockBusy", "LockOwner", "ReindexResult",
+    "SearchResult", "Service", "ServiceError", "ServiceHit", "SkippedFile", "Workspace",
+    "WriterLock", "forget_all", "writer_lock",
+]
+
+_LAZY = {
+    "FRESH_WAIT_S": "core", "Service": "core", "ServiceError": "core", "Workspace": "core",
+    "forget_all": "core", "FolderStatus": "types", "Freshness": "types",
+    "ReindexResult": "types", "SearchResult": "types", "ServiceHit": "types",
+    "SkippedFile": "types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the indexer imports .lock, and .core imports the indexer.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{module}", __name__), name)

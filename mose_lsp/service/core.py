@@ -1,0 +1,412 @@
+"""The service: workspace folders, their indexes, and the operations every front end calls.
+
+Blocking and thread-safe: call it from worker threads (the language server and the MCP
+server never call it on their event loop). See the package docstring for the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Settings
+from ..errors import MoseError
+from ..indexer import Progress, ScanReport, WorkspaceIndex, read_regular
+from ..searcher import Hit, Query, Searcher
+from ..walker import iter_files, relative_path
+from .lock import LockBusy
+from .types import (
+    FolderStatus,
+    Freshness,
+    ReindexResult,
+    SearchResult,
+    ServiceHit,
+    SkippedFile,
+)
+
+log = logging.getLogger(__name__)
+
+# How long a search waits for another client's write batch before it answers from the last
+# committed index (and says an update is in progress). A batch holds the lock for a few
+# seconds at most; a query should not wait that long.
+FRESH_WAIT_S = 1.0
+SIMILAR_EXTRA = 8  # more hits asked of the searcher, since the query's own code is dropped
+SKIPPED_LISTED = 200
+
+
+class ServiceError(MoseError):
+    """A request the service cannot answer; the message says what to send instead."""
+
+
+@dataclass(frozen=True)
+class _SimilarQuery:
+    text: str
+    lang: str
+    rel: str | None  # the file the query comes from (None: a pasted snippet)
+    lines: tuple[int, int] | None  # its own lines, 0-based inclusive (None: the whole file)
+    content_hash: str | None = None  # the chunk's, when the query is the chunk at a line
+
+
+class Workspace:
+    """One workspace folder: its index (opened on first use) and searcher."""
+
+    def __init__(self, root: Path, settings: Settings, model_fn: Callable[[], object]):
+        self.root = root
+        self.settings = settings
+        self._model_fn = model_fn
+        self._index: WorkspaceIndex | None = None
+        self._searcher: Searcher | None = None
+        self._open_lock = threading.Lock()
+
+    @property
+    def index(self) -> WorkspaceIndex:
+        with self._open_lock:
+            if self._index is None:
+                self._index = WorkspaceIndex.open(self.root, self.settings, self._model_fn())
+                self._searcher = Searcher(self._index)
+            return self._index
+
+    @property
+    def searcher(self) -> Searcher:
+        self.index  # noqa: B018  (opens it)
+        assert self._searcher is not None
+        return self._searcher
+
+    @property
+    def is_open(self) -> bool:
+        return self._index is not None
+
+    def close(self) -> None:
+        with self._open_lock:
+            index, self._index, self._searcher = self._index, None, None
+        if index is not None:
+            index.close()
+
+    def writer(self) -> str | None:
+        owner = self.index.lock.owner()
+        return f"pid {owner.pid} ({owner.what})" if owner else None
+
+    def refresh(self, wait_s: float | None = FRESH_WAIT_S) -> Freshness:
+        """Index what changed on disk since the index last saw it (an incremental scan:
+        a walk and a stat per file, embedding only new chunks). When another client holds
+        the writer lock longer than ``wait_s``, stop and say so: the caller answers from
+        the last committed index."""
+        started = time.perf_counter()
+        try:
+            report = self.index.scan(wait_s=wait_s)
+        except LockBusy as busy:
+            owner = busy.owner
+            return Freshness(self.root, seconds=time.perf_counter() - started,
+                             update_in_progress=True,
+                             writer=f"pid {owner.pid} ({owner.what})" if owner else None)
+        updated = (report.files_indexed + report.files_deleted + report.files_renamed
+                   + report.files_skipped)
+        return Freshness(self.root, updated, report.chunks_embedded,
+                         time.perf_counter() - started)
+
+    def hit(self, hit: Hit) -> ServiceHit:
+        index = self.index
+        return ServiceHit(self.root, hit.path, hit.start_line, hit.end_line, hit.symbol,
+                          hit.kind, hit.language, hit.score, hit.exit,
+                          hit.exit == index.rerank_exit and index.rerank_exit != index.index_exit,
+                          hit.text, hit.chunk_id)
+
+
+class Service:
+    """Workspace folders and the operations on them: what the language server, the MCP
+    server and the CLI call. One model is loaded (on first use) and shared by all folders."""
+
+    def __init__(self, settings: Settings | None = None, model: object | None = None):
+        self.settings = settings or Settings()
+        self._model = model
+        self._model_lock = threading.Lock()
+        self._folders: dict[Path, Workspace] = {}
+        self._folders_lock = threading.Lock()
+
+    # -- folders
+
+    def model(self):
+        """The encoder, loaded once (the first call pays for it)."""
+        with self._model_lock:
+            if self._model is None:
+                from ..encoder import ModelEncoder
+
+                self._model = ModelEncoder.open(self.settings.model,
+                                                threads=self.settings.resolved_threads())
+            return self._model
+
+    def add_folder(self, root: Path | str, settings: Settings | None = None) -> Workspace:
+        """Add a workspace folder (its index opens on first use). Adding one twice returns
+        the same folder."""
+        path = Path(root).expanduser().resolve()
+        if not path.is_dir():
+            raise ServiceError(f"workspace {path} is not a folder")
+        with self._folders_lock:
+            folder = self._folders.get(path)
+            if folder is None:
+                folder = self._folders[path] = Workspace(path, settings or self.settings,
+                                                         self.model)
+            return folder
+
+    def remove_folder(self, root: Path | str) -> None:
+        with self._folders_lock:
+            folder = self._folders.pop(Path(root).expanduser().resolve(), None)
+        if folder is not None:
+            folder.close()
+
+    @property
+    def folders(self) -> list[Workspace]:
+        with self._folders_lock:
+            return list(self._folders.values())
+
+    def locate(self, path: Path | str) -> tuple[Workspace, str] | None:
+        """The folder holding ``path`` (absolute, or relative to a folder) and the path
+        relative to it; the innermost folder wins."""
+        given = Path(path).expanduser()
+        candidates = [given] if given.is_absolute() else [f.root / given for f in self.folders]
+        best: tuple[Workspace, str] | None = None
+        for candidate in candidates:
+            for folder in self.folders:
+                rel = relative_path(folder.root, candidate)
+                if rel is not None and (best is None or len(folder.root.parts)
+                                        > len(best[0].root.parts)):
+                    best = (folder, rel)
+        return best
+
+    def close(self) -> None:
+        for folder in self.folders:
+            try:
+                folder.close()
+            except MoseError as err:
+                log.warning("%s: %s", folder.root, err)
+        with self._folders_lock:
+            self._folders.clear()
+
+    def _scope(self, folders: Sequence[Workspace] | None) -> list[Workspace]:
+        chosen = list(folders) if folders is not None else self.folders
+        if not chosen:
+            raise ServiceError("no workspace folder is open: add one first")
+        return chosen
+
+    # -- freshness
+
+    def refresh(self, folders: Sequence[Workspace] | None = None,
+                wait_s: float | None = FRESH_WAIT_S) -> tuple[Freshness, ...]:
+        """Bring each folder's index up to date with the disk (see :meth:`Workspace.refresh`)."""
+        out = []
+        for folder in self._scope(folders):
+            try:
+                out.append(folder.refresh(wait_s))
+            except MoseError as err:
+                out.append(Freshness(folder.root, error=str(err)))
+        return tuple(out)
+
+    # -- search
+
+    def search(self, query: str, *, kind: str = "text", limit: int | None = None,
+               languages: Iterable[str] = (), path_glob: str | None = None,
+               folders: Sequence[Workspace] | None = None, fresh: bool = True,
+               wait_s: float | None = FRESH_WAIT_S) -> SearchResult:
+        """Search in words (``kind="text"``) or with a code snippet (``kind="code"``).
+        ``fresh``: index what changed on disk first (:meth:`refresh`)."""
+        if not query.strip():
+            raise ServiceError("the query is empty: describe the code you look for, or paste "
+                               "a snippet of it")
+        if kind not in ("text", "code"):
+            raise ServiceError(f"kind must be 'text' or 'code', not {kind!r}")
+        k = self._limit(limit)
+        scope = self._scope(folders)
+        freshness = self.refresh(scope, wait_s) if fresh else ()
+        q = Query(query, kind, k=k, languages=tuple(languages), path_glob=path_glob or None)
+        hits = [folder.hit(h) for folder in scope for h in folder.searcher.search(q)]
+        return SearchResult(self._rank(hits, k), freshness)
+
+    def similar(self, *, path: str | Path | None = None, start_line: int | None = None,
+                end_line: int | None = None, text: str | None = None, language: str = "",
+                limit: int | None = None, languages: Iterable[str] = (),
+                path_glob: str | None = None, folders: Sequence[Workspace] | None = None,
+                fresh: bool = True, wait_s: float | None = FRESH_WAIT_S) -> SearchResult:
+        """Code like a file's code: the innermost chunk around ``start_line`` (0-based), the
+        lines ``start_line..end_line``, the whole file (no line), or a pasted ``text``
+        snippet (no path). The query's own code is not among the results."""
+        k = self._limit(limit)
+        scope = self._scope(folders)
+        if (path is None) == (text is None):
+            raise ServiceError("give either a path (with an optional line or line range) or a "
+                               "code snippet, not both and not neither")
+        freshness = self.refresh(scope, wait_s) if fresh else ()
+        own: Workspace | None = None
+        if text is not None:
+            if not text.strip():
+                raise ServiceError("the snippet is empty: paste the code to match")
+            q = _SimilarQuery(text, language, None, None)
+        else:
+            found = self.locate(path)
+            if found is None:
+                raise ServiceError(f"{path} is not inside a workspace folder "
+                                   f"({', '.join(str(f.root) for f in scope)}); give a path "
+                                   "relative to the workspace")
+            own, rel = found
+            q = self._query_of_file(own, rel, start_line, end_line)
+        vectors, vectors_model = {}, ""
+        if own is not None and q.content_hash is not None and q.rel is not None:
+            stored = own.searcher.stored_chunk(q.rel, q.content_hash, q.text)
+            if stored is not None:  # indexed as is: its stored vectors are the query's
+                vectors, vectors_model = own.searcher.stored_vectors(stored), own.searcher.model_id
+        extra = SIMILAR_EXTRA if q.lines is not None or q.rel is None \
+            else min(200, len(q.text.splitlines()) // 5 + SIMILAR_EXTRA)
+        query = Query(q.text, "code", lang=q.lang, k=k + extra, languages=tuple(languages),
+                      path_glob=path_glob or None, vectors=vectors, vectors_model=vectors_model)
+        snippet = " ".join(q.text.split()) if q.rel is None else None
+
+        def keep(folder: Workspace, hit: Hit) -> bool:
+            if snippet is not None:
+                return " ".join(hit.text.split()) != snippet
+            if folder is not own or hit.path != q.rel:
+                return True
+            if q.lines is None:
+                return False
+            return hit.end_line < q.lines[0] or hit.start_line > q.lines[1]
+
+        hits = [folder.hit(h) for folder in scope for h in folder.searcher.search(query)
+                if keep(folder, h)]
+        return SearchResult(self._rank(hits, k), freshness)
+
+    def _query_of_file(self, folder: Workspace, rel: str, start: int | None,
+                       end: int | None) -> _SimilarQuery:
+        from ..chunker import ChunkLimits, chunk_source
+        from ..languages import detect_language
+
+        max_bytes = folder.settings.max_file_bytes
+        try:
+            raw = read_regular(folder.root / rel, folder.root, max_bytes + 1)
+        except OSError as err:
+            raise ServiceError(f"cannot read {rel}: {err.strerror or err}; give the path of a "
+                               "file in the workspace, relative to it") from err
+        text = raw.decode("utf-8", errors="replace")
+        lines = text.splitlines()
+        lang = detect_language(rel) or ""
+        if start is None:
+            if end is not None:
+                raise ServiceError("an end line needs a start line")
+            if not text.strip():
+                raise ServiceError(f"{rel} is empty")
+            return _SimilarQuery(text, lang, rel, None)
+        if start < 0 or (end is not None and end < start):
+            raise ServiceError(f"bad line range {start + 1}-{(end or start) + 1}: lines are "
+                               "1-based and the start is at most the end")
+        if start >= len(lines):
+            raise ServiceError(f"line {start + 1} is past the end of {rel} ({len(lines)} lines)")
+        if end is not None:
+            end = min(end, len(lines) - 1)
+            body = "\n".join(lines[start:end + 1])
+            if not body.strip():
+                raise ServiceError(f"lines {start + 1}-{end + 1} of {rel} are blank")
+            return _SimilarQuery(body, lang, rel, (start, end))
+        result = chunk_source(rel, text, ChunkLimits(max_file_bytes=max_bytes))
+        if result.skipped is not None:
+            raise ServiceError(f"{rel} is not indexed code ({result.skipped.message})")
+        around = [c for c in result.chunks if c.start_line <= start <= c.end_line]
+        if not around:
+            raise ServiceError(f"no code around line {start + 1} of {rel}; give a line inside "
+                               "a function or class, or a line range")
+        chunk = min(around, key=lambda c: c.end_line - c.start_line)
+        return _SimilarQuery(chunk.text, chunk.language or lang, rel,
+                             (chunk.start_line, chunk.end_line), chunk.content_hash)
+
+    def _limit(self, limit: int | None) -> int:
+        if limit is None:
+            return self.settings.limit
+        if limit < 1:
+            raise ServiceError(f"limit must be at least 1, not {limit}")
+        return limit
+
+    @staticmethod
+    def _rank(hits: list[ServiceHit], k: int) -> tuple[ServiceHit, ...]:
+        # Deep-scored hits first: shallow cosines are on another scale.
+        return tuple(sorted(hits, key=lambda h: (0 if h.deep else 1, -h.score))[:k])
+
+    # -- status and maintenance
+
+    def status(self, folders: Sequence[Workspace] | None = None,
+               count_pending: bool = True) -> list[FolderStatus]:
+        """Per folder: files, chunks, deep coverage, files changed since indexed (a walk
+        and a stat per file; ``count_pending=False`` skips it), and whether a writer is busy."""
+        out = []
+        for folder in self._scope(folders):
+            index = folder.index
+            index.store.sync()
+            stats = index.store.stats()
+            skipped = [s for s in index.store.all_files() if s.skipped]
+            pending = None
+            if count_pending:
+                pending = sum(1 for e in iter_files(index.root, index.settings)
+                              if (st := index.store.file_state(e.rel)) is None
+                              or st.size != e.size or st.mtime_ns != e.mtime_ns)
+            owner = index.lock.owner()
+            manifest = index.model.manifest
+            out.append(FolderStatus(
+                folder.root, index.store.index_dir, stats.files, stats.indexed_files,
+                stats.chunks, stats.deep_coverage, pending, owner is not None,
+                f"pid {owner.pid} ({owner.what})" if owner else None,
+                f"{manifest.name} {manifest.version}", index.index_exit, index.rerank_exit,
+                stats.bytes_on_disk, dict(stats.skipped),
+                tuple(SkippedFile(s.path, s.skip_code or "", s.skip_message or "")
+                      for s in skipped[:SKIPPED_LISTED])))
+        return out
+
+    def reindex(self, folders: Sequence[Workspace] | None = None, *, rebuild: bool = False,
+                deep: bool = False, progress: Callable[[Progress], None] | None = None,
+                cancel: threading.Event | None = None) -> list[ReindexResult]:
+        """Bring each folder's index up to date now (waiting for other writers). ``rebuild``:
+        forget every file first, so everything is read and embedded again (the index folder
+        stays, so other clients using it carry on). ``deep``: also fill every deep vector."""
+        out = []
+        for folder in self._scope(folders):
+            index = folder.index
+            if rebuild:
+                forget_all(index)
+            report = index.scan(progress=progress, cancel=cancel)
+            filled = self.fill_deep([folder], None, cancel, progress) if deep else 0
+            out.append(_reindex_result(folder.root, rebuild, report, filled,
+                                       index.store.stats().chunks))
+        return out
+
+    def fill_deep(self, folders: Sequence[Workspace] | None = None,
+                  max_chunks: int | None = 256, cancel: threading.Event | None = None,
+                  progress: Callable[[Progress], None] | None = None) -> int:
+        """The deep pass: deep-exit vectors for up to ``max_chunks`` chunks per folder (None:
+        all). Each step holds the writer lock briefly, so other clients interleave."""
+        done = 0
+        for folder in self._scope(folders):
+            index = folder.index
+            while max_chunks is None or done < max_chunks:
+                step = 512 if max_chunks is None else min(512, max_chunks - done)
+                n = index.fill_deep(step, cancel, progress)
+                done += n
+                if n == 0 or (cancel is not None and cancel.is_set()):
+                    break
+            index.flush()
+        return done
+
+
+def forget_all(index: WorkspaceIndex) -> int:
+    """Delete every file of the index (one transaction per file, under the writer lock), so
+    that the next scan reads and embeds everything again. Returns how many were deleted."""
+    with index.writing("rebuild"):
+        files = [s.path for s in index.store.all_files()]
+        for rel in files:
+            index.store.delete_file(rel)
+    return len(files)
+
+
+def _reindex_result(root: Path, rebuild: bool, report: ScanReport, filled: int,
+                    chunks: int) -> ReindexResult:
+    return ReindexResult(root, rebuild, report.files_seen, report.files_indexed,
+                         report.files_unchanged, report.files_skipped, report.files_deleted,
+                         report.files_renamed, report.chunks_embedded, filled,
+                         round(report.seconds, 3), chunks)
