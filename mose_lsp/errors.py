@@ -22,7 +22,8 @@ class MissingExtraError(MoseError):
         self.feature, self.extra, self.missing = feature, extra, missing
         super().__init__(
             f"{feature} needs the optional '{extra}' dependencies ({missing} is not installed). "
-            f"Install them with: pip install torch==2.13.0 && pip install 'mose[{extra}]'"
+            f"Install them from a clone of the mose repository (in its folder, into the same "
+            f"environment): pip install torch==2.13.0 && pip install '.[{extra}]'"
         )
 
 

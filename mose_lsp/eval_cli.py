@@ -66,7 +66,8 @@ def resolve_encoder(source: str | Path | None, threads: int | None = None) -> En
     raise MoseError(
         f"{source} is not a model directory (it has no {MANIFEST}) and no installed encoder "
         f"plugin recognises it.{hint} To score a training checkpoint, install the optional "
-        f"part: pip install torch==2.13.0 && pip install 'mose[train]'")
+        f"part from a clone of the mose repository (in its folder): "
+        f"pip install torch==2.13.0 && pip install '.[train]'")
 
 
 def _parse_ints(value: str | None, option: str) -> tuple[int, ...] | None:

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -35,15 +36,15 @@ def test_index_search_similar_status_json(workspace, tmp_path, model_path):
     common = ["--model", str(model_path), "--index-dir", str(tmp_path / "idx")]
     result = _mose("index", str(workspace), *common, "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
-    assert report["report"]["files_indexed"] == 6 and report["chunks"] > 20
+    report = json.loads(result.stdout)
+    assert report["run"]["files"]["read"] == 6 and report["index"]["chunks"] > 20
 
     result = _mose("search", "edit distance between two strings", "-w", str(workspace),
                    *common, "--json", "-k", "3")
     assert result.exit_code == 0, result.output
-    hits = json.loads(result.output)["hits"]
+    hits = json.loads(result.stdout)["hits"]
     assert hits[0]["path"] == "pkg/strings.py" and hits[0]["symbol"] == "levenshtein_distance"
-    assert hits[0]["start_line"] == 0 and "def levenshtein_distance" in hits[0]["text"]
+    assert hits[0]["start_line"] == 1 and "def levenshtein_distance" in hits[0]["text"]
 
     result = _mose("search", "edit distance between two strings", "-w", str(workspace),
                    *common, "-k", "2")
@@ -53,12 +54,12 @@ def test_index_search_similar_status_json(workspace, tmp_path, model_path):
     target = f"{workspace / 'pkg' / 'strings.py'}:4"
     result = _mose("similar", target, "-w", str(workspace), *common, "--json")
     assert result.exit_code == 0, result.output
-    hits = json.loads(result.output)["hits"]
+    hits = json.loads(result.stdout)["hits"]
     assert hits and all(h["symbol"] != "levenshtein_distance" for h in hits)
 
     result = _mose("status", "-w", str(workspace), *common, "--json")
     assert result.exit_code == 0, result.output
-    status = json.loads(result.output)
+    status = json.loads(result.stdout)
     assert status["indexed_files"] == 6 and status["pending_files"] == 0
     assert status["deep_coverage"] == 1.0
     assert {s["code"] for s in status["skipped_files"]} == {"binary", "unsupported"}
@@ -68,11 +69,13 @@ def test_index_search_similar_status_json(workspace, tmp_path, model_path):
 
 @pytest.mark.parametrize("args, message", [
     (["similar", "no/such/file.py:3"], "is not a file"),
-    (["search", "x", "-k", "0"], "-k must be at least 1"),
-    (["search", "x", "--model", "/nonexistent-model-dir"], "does not exist"),
+    (["search", "x"], "is not indexed"),
+    (["index", ".", "--model", "/nonexistent-model-dir"], "does not exist"),
 ])
 def test_errors_are_messages_with_exit_code_1(args, message, tmp_path):
-    mose = shutil.which("mose") or pytest.skip("console script not installed")
+    script = Path(sys.executable).with_name("mose")
+    mose = str(script) if script.exists() else (shutil.which("mose")
+                                                or pytest.skip("console script not installed"))
     proc = subprocess.run([mose, *args, "--index-dir", str(tmp_path / "i")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
     assert proc.returncode == 1
@@ -82,10 +85,12 @@ def test_errors_are_messages_with_exit_code_1(args, message, tmp_path):
 
 def test_similar_rejects_a_line_without_code(workspace, tmp_path, model_path):
     common = ["--model", str(model_path), "--index-dir", str(tmp_path / "idx")]
+    subprocess.run([sys.executable, "-m", "mose_lsp", "index", str(workspace), "-q", *common],
+                   check=True, timeout=300)
     proc = subprocess.run(
         [sys.executable, "-m", "mose_lsp", "similar", f"{workspace / 'pkg' / 'strings.py'}:999",
          "-w", str(workspace), *common], capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 1 and "has no indexed code" in proc.stderr
+    assert proc.returncode == 1 and "line 999 is past the end" in proc.stderr
 
 
 def test_runtime_cli_never_imports_torch():

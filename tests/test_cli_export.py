@@ -100,5 +100,5 @@ def test_missing_torch_names_the_extra_to_install(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=False, timeout=60)
     assert result.returncode == 1
-    assert "pip install 'mose[train]'" in result.stderr and "torch" in result.stderr
+    assert "pip install '.[train]'" in result.stderr and "torch" in result.stderr
     assert not (tmp_path / "m").exists()

@@ -1,0 +1,158 @@
+"""The ``mose`` command.
+
+One module per command group (``indexing``: index; ``search``: search, similar; ``status``;
+``eval_cli`` and ``serve_cli`` beside this package), each exposing ``register(app)``; this
+module builds the app and registers them explicitly, so nothing imports this package back.
+The optional parts (``mose export``, ``mose train``) join as typer sub-apps through the
+``mose.cli`` entry-point group, so the runtime never imports them (or torch); if a plugin
+cannot load, a placeholder says which extra to install.
+
+The output contract (exit codes, JSON errors, 1-based lines) is in :mod:`.output` and
+docs/cli.md; the workspace rule in :mod:`.workspace`.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import MoseError
+from .output import EXIT_INTERRUPTED, EXIT_USAGE, report_error
+from .workspace import RULE
+
+app = typer.Typer(
+    name="mose",
+    help="Local semantic code search on a multi-exit code encoder (MoSE).",
+    epilog=f"Workspace: {RULE} Exit codes: 0 ok (results or none), 1 error, 2 usage, "
+           f"130 interrupted; --json prints errors as JSON too (docs/cli.md).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+PLUGIN_GROUP = "mose.cli"
+PLUGIN_EXTRA = {"export": "train", "train": "train"}
+JSON_COMMANDS = ("index", "search", "similar", "status")  # --json is a flag there
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mose {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    """Local semantic code search on a multi-exit code encoder (MoSE)."""
+
+
+def _missing_plugin(name: str, error: Exception) -> typer.Typer:
+    from ..errors import MissingExtraError
+
+    extra = PLUGIN_EXTRA.get(name, "train")
+    sub = typer.Typer(help=f"(unavailable: install the '{extra}' extra)")
+
+    @sub.callback(invoke_without_command=True)
+    def _explain() -> None:
+        raise MissingExtraError(f"'mose {name}'", extra, str(error))
+
+    return sub
+
+
+def _add_plugins() -> None:
+    known = {g.name for g in app.registered_groups}
+    for ep in entry_points(group=PLUGIN_GROUP):
+        if ep.name in known:
+            continue
+        try:
+            sub = ep.load()
+        except ImportError as err:  # the optional part or one of its light deps is absent
+            sub = _missing_plugin(ep.name, err)
+        app.add_typer(sub, name=ep.name)
+
+
+def _register_runtime_commands() -> None:
+    """Add the runtime commands (idempotent). Their modules import only typer and the CLI's
+    own helpers at import time; each command imports the engine when it runs."""
+    if any(c.name == "index" for c in app.registered_commands):
+        return
+    from .. import eval_cli, serve_cli
+    from . import indexing, search, status
+
+    indexing.register(app)
+    search.register(app)
+    status.register(app)
+    eval_cli.register(app)
+    serve_cli.register(app)
+
+
+def _wants_json(argv: list[str]) -> bool:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command in JSON_COMMANDS and "--json" in argv
+
+
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, aborts) of the click that typer runs on: recent typer versions carry
+    their own copy (``typer._click``), older ones use click itself."""
+    from importlib import import_module
+
+    usage: list[type] = []
+    aborts: list[type] = [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = import_module(name)
+        except ImportError:
+            continue
+        usage.append(module.UsageError)
+        if isinstance(getattr(module, "Abort", None), type):
+            aborts.append(module.Abort)
+    return tuple(usage), tuple(aborts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["--version"], ["-V"]):  # nothing else to load
+        typer.echo(f"mose {__version__}")
+        return
+    _register_runtime_commands()
+    if next((a for a in args if not a.startswith("-")), None) not in (
+            None, "index", "search", "similar", "status", "eval", "serve"):
+        _add_plugins()
+    elif any(a in ("--help", "-h") for a in args) or not args:
+        _add_plugins()
+    as_json = _wants_json(args)
+    usage_errors, aborts = _click_errors()
+    try:
+        code = app(args=args, prog_name="mose", standalone_mode=False)
+    except usage_errors as err:
+        if as_json:
+            report_error(_UsageMessage(err), True, code="usage")
+        else:
+            err.show()
+        sys.exit(EXIT_USAGE)
+    except (*aborts, KeyboardInterrupt):
+        report_error(MoseError("interrupted"), as_json, code="interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except MoseError as err:
+        report_error(err, as_json)
+        sys.exit(getattr(err, "exit_code", 1))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+class _UsageMessage(Exception):
+    def __init__(self, err) -> None:
+        command = err.ctx.command_path if getattr(err, "ctx", None) else "mose"
+        super().__init__(f"{err.format_message()} (see '{command} --help')")
+
+
+if __name__ == "__main__":  # python -m mose_lsp.cli
+    main()
