@@ -3,9 +3,9 @@
 No torch here: numpy and tokenizers only, so the benchmark's ONNX side and the checks of an
 existing model directory need nothing heavy.
 
-Tokenisation is the runtime's (``mose_lsp.encoder.ModelEncoder.tokenize``): render the
-template, tokenise, cut only the content so that the template's suffix (the pooled ``<cls>``
-of a MoSE exit) survives, pad on the right with ``pad_id``.
+Tokenisation is the runtime's (``mose_lsp.model_inputs``): render the template, tokenise, cut
+only the content so that the template's suffix (the pooled ``<cls>`` of a MoSE exit) survives,
+pad on the right with ``pad_id``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from mose_lsp.errors import ModelDirError
-from mose_lsp.model_dir import ExitSpec, InputFormat, Manifest, ModelDir
+from mose_lsp.model_dir import InputFormat
+from mose_lsp.model_inputs import InputTokenizer
 
 from .errors import ExportError
 
@@ -72,49 +73,27 @@ def parity_samples() -> list[Sample]:
 class InputEncoder:
     """Tokenise samples into (ids, mask) int64 arrays of shape (B, T), right padded.
 
-    The ids come from the runtime's own ``ModelEncoder.tokenize`` (template, special tokens,
-    template-preserving truncation), run over an in-memory manifest: what is checked here is
-    exactly what the runtime will feed the exported files.
+    The ids come from the runtime's own ``mose_lsp.model_inputs.InputTokenizer`` (template,
+    special tokens, template-preserving truncation, padding): what is checked here is exactly
+    what the runtime will feed the exported files.
     """
 
     def __init__(self, tokenizer_path: str | Path, text_format: InputFormat,
                  code_format: InputFormat, max_tokens: int, pad_id: int):
-        from mose_lsp.encoder import ModelEncoder
-
-        tokenizer_path = Path(tokenizer_path)
-        spec = ExitSpec(layer=1, file="", dim=1, pooling="mean", normalize=True,
-                        max_tokens=max_tokens)
-        manifest = Manifest(name="tokenizer-only", version="0", exits=(spec,), index_exit=1,
-                            rerank_exit=1, text_format=text_format, code_format=code_format,
-                            tokenizer=tokenizer_path.name, pad_id=pad_id)
         try:
-            self._runtime = ModelEncoder(ModelDir(tokenizer_path.parent, manifest))
+            self._inputs = InputTokenizer.from_file(tokenizer_path, text_format, code_format,
+                                                    pad_id)
         except ModelDirError as err:
             raise ExportError(f"cannot use the tokenizer {tokenizer_path}: {err}") from err
         self.max_tokens = max_tokens
         self.pad_id = pad_id
 
     def ids(self, samples: list[Sample]) -> list[list[int]]:
-        out: list[list[int]] = [[] for _ in samples]
-        for kind in ("text", "code"):
-            chosen = [i for i, s in enumerate(samples) if s.kind == kind]
-            if not chosen:
-                continue
-            try:
-                rows = self._runtime.tokenize([samples[i].content for i in chosen], kind, 1,
-                                              [samples[i].lang for i in chosen])
-            except ModelDirError as err:
-                raise ExportError(f"cannot tokenise {kind} inputs: {err}") from err
-            for i, row in zip(chosen, rows):
-                out[i] = row
-        return out
+        try:
+            return self._inputs.encode([s.content for s in samples], [s.kind for s in samples],
+                                       self.max_tokens, [s.lang for s in samples])
+        except ModelDirError as err:
+            raise ExportError(f"cannot tokenise the parity inputs: {err}") from err
 
     def batch(self, samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.ids(samples)
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        return ids, mask
+        return self._inputs.pad(self.ids(samples))

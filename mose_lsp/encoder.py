@@ -1,14 +1,9 @@
 """Encoders over a model directory: tokenise as the manifest says, run one ONNX exit, return vectors.
 
-``ModelEncoder`` owns the tokenizer and one lazily created ``ExitEncoder`` (an onnxruntime
-session) per exit. Pooling, projection and normalisation happen inside each exit's graph
-(``model_dir.py``), so encoding is: render the input template, tokenise, truncate, pad, run.
-
-Truncation keeps the template: the input is ``prefix + content + suffix`` (plus the tokenizer's
-own special tokens when the format asks for them) and only the content is cut, from its end,
-until the whole fits the exit's ``max_tokens``. The suffix is never cut because the pooled token
-(``<cls>``) may be its last token. A token that straddles the end of the content and the start of
-the suffix is kept with the suffix.
+``ModelEncoder`` owns the model's inputs (``model_inputs.InputTokenizer``: template, tokenise,
+truncate to the exit's ``max_tokens``, pad) and one lazily created ``ExitEncoder`` (an
+onnxruntime session) per exit. Pooling, projection and normalisation happen inside each exit's
+graph (``model_dir.py``), so encoding is: make the inputs, run.
 
 Thread-safety: ``encode`` may be called from several threads at once (onnxruntime's ``run`` and
 the tokenizer are thread-safe; sessions are created under a lock).
@@ -26,26 +21,22 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from .errors import ModelDirError
 from .model_dir import (
     ExitSpec,
-    InputFormat,
     ModelDir,
     default_model_path,
     load_model_dir,
     sha256_file,
 )
-
-if TYPE_CHECKING:
-    from tokenizers import Encoding, Tokenizer
+from .model_inputs import InputTokenizer
 
 log = logging.getLogger(__name__)
 
-KINDS = ("text", "code")
 INPUT_NAMES = ("input_ids", "attention_mask")
 OPTIONAL_INPUT_NAMES = ("token_type_ids",)  # fed zeros if an exported BERT graph kept it
 OUTPUT_NAME = "embedding"
@@ -280,20 +271,6 @@ def timed_encode(
 # -- the model: tokenizer + exits ------------------------------------------------------------
 
 
-def _load_tokenizer(path: Path) -> Tokenizer:
-    from tokenizers import Tokenizer
-
-    try:
-        tokenizer = Tokenizer.from_file(str(path))
-    # tokenizers raises a bare Exception for a malformed file.
-    except Exception as err:
-        raise ModelDirError(f"cannot read the tokenizer {path}: {err}. Re-export the model "
-                            f"with 'mose export'.") from err
-    tokenizer.no_truncation()  # the runtime truncates by its own rules (keeping the suffix)
-    tokenizer.no_padding()
-    return tokenizer
-
-
 class ModelEncoder:
     """The model of a model directory: ``encode(texts, kind, exit)`` -> (N, D) float32."""
 
@@ -301,7 +278,7 @@ class ModelEncoder:
         self.model_dir = model_dir
         self.manifest = model_dir.manifest
         self.threads = threads or default_threads()
-        self._tokenizer = _load_tokenizer(model_dir.tokenizer_path)
+        self.inputs = InputTokenizer.for_model_dir(model_dir)
         self._exits: dict[int, ExitEncoder] = {}
         self._lock = threading.Lock()
         self._foreground = 0  # foreground() blocks now open (queries)
@@ -359,17 +336,9 @@ class ModelEncoder:
 
     # -- tokenisation --
 
-    def _format(self, kind: str) -> InputFormat:
-        if kind == "text":
-            return self.manifest.text_format
-        if kind == "code":
-            return self.manifest.code_format
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each raw text, without template or special tokens (for sizing chunks)."""
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        return [len(e.ids) for e in encodings]
+        return self.inputs.count_tokens(texts)
 
     def tokenize(
         self,
@@ -377,25 +346,14 @@ class ModelEncoder:
         kind: str,
         exit: int,
         langs: Sequence[str] | None = None,
+        max_tokens: int | None = None,
     ) -> list[list[int]]:
-        """Token ids of each input as the exit receives them (template, specials, truncation)."""
-        fmt = self._format(kind)
-        max_tokens = self.manifest.exit(exit).max_tokens
-        langs = _check_langs(texts, langs)
-        rendered: list[str] = []
-        spans: list[tuple[int, int]] = []  # content [start, end) in the rendered string
-        for text, lang in zip(texts, langs):
-            prefix, suffix = fmt.render(text, lang)
-            rendered.append(prefix + text + suffix)
-            spans.append((len(prefix), len(prefix) + len(text)))
-        encodings = self._tokenizer.encode_batch(rendered, add_special_tokens=fmt.add_special_tokens)
-        out: list[list[int]] = []
-        for enc, (start, end) in zip(encodings, spans):
-            ids = enc.ids
-            if len(ids) > max_tokens:
-                ids = _truncate_content(enc, start, end, max_tokens, kind)
-            out.append(ids)
-        return out
+        """Token ids of each input as the exit receives them (template, specials, truncation
+        to the exit's ``max_tokens``, or to ``max_tokens`` when that is smaller)."""
+        limit = self.manifest.exit(exit).max_tokens
+        if max_tokens is not None:
+            limit = min(limit, max_tokens)
+        return self.inputs.encode(texts, kind, limit, _check_langs(texts, langs))
 
     # -- encoding --
 
@@ -427,11 +385,13 @@ class ModelEncoder:
         langs: Sequence[str] | None = None,
         batch_size: int = 32,
         background: bool = False,
+        max_tokens: int | None = None,
     ) -> np.ndarray:
         """(N, D) float32 embeddings of ``texts`` (L2-normalised when the exit says so), in the
         order given. Inputs are sorted by length and batched with similar lengths together, so
         padding is small; the result does not depend on ``batch_size``. ``background``: bulk
-        work that waits, before each run, while a :meth:`foreground` block is open."""
+        work that waits, before each run, while a :meth:`foreground` block is open.
+        ``max_tokens`` cuts inputs shorter than the exit's limit (as training does)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         session = self.session(exit)  # also checks that the exit exists
@@ -442,17 +402,11 @@ class ModelEncoder:
             # run makes every vector a function of its text alone, at the same throughput on
             # CPU for function-sized inputs (37.9/s vs 37.6/s, exit 6, 2 threads).
             batch_size = 1
-        ids = self.tokenize(texts, kind, exit, langs)
+        ids = self.tokenize(texts, kind, exit, langs, max_tokens)
         out = np.empty((len(ids), session.spec.dim), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        pad_id = self.manifest.pad_id
         for batch in _batches(order, [len(x) for x in ids], batch_size, MAX_BATCH_TOKENS):
-            width = max(len(ids[i]) for i in batch)
-            input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)  # (B, T)
-            mask = np.zeros((len(batch), width), dtype=np.int64)  # (B, T)
-            for row, i in enumerate(batch):
-                input_ids[row, :len(ids[i])] = ids[i]
-                mask[row, :len(ids[i])] = 1
+            input_ids, mask = self.inputs.pad([ids[i] for i in batch])  # (B, T) each
             if background:
                 self._yield_to_foreground()
             out[batch] = session.run(input_ids, mask)
@@ -499,28 +453,3 @@ def _check_langs(texts: Sequence[str], langs: Sequence[str] | None) -> Sequence[
     if len(langs) != len(texts):
         raise ValueError(f"got {len(langs)} languages for {len(texts)} texts")
     return langs
-
-
-def _truncate_content(enc: Encoding, start: int, end: int, max_tokens: int, kind: str) -> list[int]:
-    """Drop content tokens from the end until the encoding fits ``max_tokens``.
-
-    Tokens are classified by their character offsets in the rendered string: added special
-    tokens (no sequence id) and tokens ending at or before ``start`` belong to the prefix or the
-    tokenizer's specials, tokens reaching past ``end`` to the suffix; the rest is content.
-    """
-    ids, offsets, seq = enc.ids, enc.offsets, enc.sequence_ids
-    is_content = [s is not None and start < o[1] <= end for s, o in zip(seq, offsets)]
-    n_content = sum(is_content)
-    keep = max_tokens - (len(ids) - n_content)
-    if keep < 0:
-        raise ModelDirError(
-            f"the {kind} input template and special tokens alone take {len(ids) - n_content} "
-            f"tokens, more than the exit's max_tokens ({max_tokens}); fix the model's manifest.")
-    out: list[int] = []
-    for token, content in zip(ids, is_content):
-        if content:
-            if keep == 0:
-                continue
-            keep -= 1
-        out.append(token)
-    return out

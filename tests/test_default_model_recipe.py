@@ -29,11 +29,6 @@ def _mrr(q: np.ndarray, d: np.ndarray) -> float:
     return float(np.mean(1.0 / ranks))
 
 
-def test_truncate_keeps_the_closing_token():
-    assert exit_heads._truncate([101, 1, 2, 3, 102], 4) == [101, 1, 2, 102]
-    assert exit_heads._truncate([101, 1, 102], 4) == [101, 1, 102]
-
-
 def test_fitted_shallow_head_learns_and_losses_combine():
     cache = _cache()
     cfg = HeadFitConfig(exits=[2, 6], steps=150, batch_size=64, lr=1e-2, distill_kl=1.0,

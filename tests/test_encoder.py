@@ -39,7 +39,7 @@ def encoder(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Model
 
 
 def tokens(encoder: ModelEncoder, ids: list[int]) -> list[str]:
-    return [encoder._tokenizer.id_to_token(i) for i in ids]
+    return [encoder.inputs.tokenizer.id_to_token(i) for i in ids]
 
 
 def test_exits_and_name(encoder: ModelEncoder) -> None:
@@ -52,12 +52,12 @@ def test_short_input_is_tokenised_whole_with_template_and_specials(encoder: Mode
     code = "def add(a, b):\n    return a + b"
     [ids] = encoder.tokenize([code], "code", 3, ["python"])
     # Exactly what the tokenizer gives for the rendered template (no truncation needed).
-    expected = encoder._tokenizer.encode(f"<sep>python: {code}<cls>").ids
+    expected = encoder.inputs.tokenizer.encode(f"<sep>python: {code}<cls>").ids
     assert ids == expected
     assert tokens(encoder, ids)[:2] == ["<s>", "<sep>"]
     assert tokens(encoder, ids)[-2:] == ["<cls>", "</s>"]
     [text_ids] = encoder.tokenize(["read a file"], "text", 1)
-    assert text_ids == encoder._tokenizer.encode("query: read a file").ids
+    assert text_ids == encoder.inputs.tokenizer.encode("query: read a file").ids
 
 
 def test_truncation_cuts_content_and_keeps_prefix_and_suffix(encoder: ModelEncoder) -> None:
@@ -68,10 +68,10 @@ def test_truncation_cuts_content_and_keeps_prefix_and_suffix(encoder: ModelEncod
         assert len(ids) == limit
         assert names[:2] == ["<s>", "<sep>"]
         assert names[-2:] == ["<cls>", "</s>"], "the pooled <cls> suffix must survive truncation"
-        prefix = encoder._tokenizer.encode("<sep>java: ", add_special_tokens=False).ids
+        prefix = encoder.inputs.tokenizer.encode("<sep>java: ", add_special_tokens=False).ids
         assert ids[1:1 + len(prefix)] == prefix
         # The kept content is the beginning of the content's own tokenisation.
-        full = encoder._tokenizer.encode(f"<sep>java: {long_code}<cls>").ids
+        full = encoder.inputs.tokenizer.encode(f"<sep>java: {long_code}<cls>").ids
         kept = limit - 2 - len(prefix) - 1
         assert ids[1 + len(prefix):-2] == full[1 + len(prefix):1 + len(prefix) + kept]
 
@@ -87,7 +87,7 @@ def test_template_longer_than_max_tokens_is_refused(tmp_path: Path) -> None:
 def test_count_tokens(encoder: ModelEncoder) -> None:
     counts = encoder.count_tokens(["def add", "", "return a + b"])
     assert counts[1] == 0
-    assert counts[0] == len(encoder._tokenizer.encode("def add", add_special_tokens=False).ids)
+    assert counts[0] == len(encoder.inputs.tokenizer.encode("def add", add_special_tokens=False).ids)
     assert all(c > 0 for c in (counts[0], counts[2]))
 
 

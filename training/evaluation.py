@@ -3,9 +3,10 @@
 ``TorchEncoder.encode(texts, kind, exit, langs) -> (N, D) float32`` does what the runtime's
 ``mose_lsp.encoder.ModelEncoder`` does over ONNX files, on a live ``MultiExitEncoder``: render the
 model's input template (``ExportInfo.text_template`` / ``code_template``), tokenise, cut only the
-content when too long (the runtime's own truncation function), pad, run the exit. So the
-evaluation code in ``mose_lsp`` scores a training checkpoint and an exported model directory the
-same way, and the fine-tuning recipe tokenises its pairs exactly as the product will.
+content when too long and pad, all through the runtime's ``mose_lsp.model_inputs``, then run the
+exit. So the evaluation code in ``mose_lsp`` scores a training checkpoint and an exported model
+directory the same way, and the fine-tuning recipe tokenises its pairs exactly as the product
+will.
 """
 
 from __future__ import annotations
@@ -16,68 +17,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mose_lsp.encoder import _truncate_content  # the runtime's rule: keep prefix and suffix
 from mose_lsp.model_dir import InputFormat
+from mose_lsp.model_inputs import InputTokenizer
 
-KINDS = ("text", "code")
+
+def model_inputs(model, tokenizer_file: str | Path) -> InputTokenizer:
+    """The runtime's input tokenizer (``mose_lsp.model_inputs``) configured as the model will be
+    exported: its templates, special tokens and pad id (``model.export_info()``)."""
+    info = model.export_info()
+    return InputTokenizer.from_file(
+        tokenizer_file, InputFormat(info.text_template, info.add_special_tokens),
+        InputFormat(info.code_template, info.add_special_tokens), info.pad_id)
 
 
-class InputTokenizer:
-    """Template rendering + tokenisation + content-only truncation, as the runtime does it."""
-
-    def __init__(self, tokenizer_file: str | Path, text_template: str, code_template: str,
-                 add_special_tokens: bool, pad_id: int):
-        from tokenizers import Tokenizer
-
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
-        self.formats = {"text": InputFormat(text_template, add_special_tokens),
-                        "code": InputFormat(code_template, add_special_tokens)}
-        self.pad_id = int(pad_id)
-
-    @classmethod
-    def for_model(cls, model, tokenizer_file: str | Path) -> InputTokenizer:
-        info = model.export_info()
-        return cls(tokenizer_file, info.text_template, info.code_template,
-                   info.add_special_tokens, info.pad_id)
-
-    def encode(self, texts: Sequence[str], kind: str | Sequence[str], max_tokens: int,
-               langs: Sequence[str] | None = None) -> list[list[int]]:
-        """Token ids per input; ``kind`` is one kind for all, or one per input."""
-        kinds = [kind] * len(texts) if isinstance(kind, str) else list(kind)
-        langs = [""] * len(texts) if langs is None else [lang or "" for lang in langs]
-        if not len(kinds) == len(langs) == len(texts):
-            raise ValueError(f"{len(texts)} texts, {len(kinds)} kinds, {len(langs)} languages")
-        out: list[list[int] | None] = [None] * len(texts)
-        for k in set(kinds):
-            if k not in KINDS:
-                raise ValueError(f"kind must be one of {KINDS}, got {k!r}")
-            fmt = self.formats[k]
-            rows = [i for i, ki in enumerate(kinds) if ki == k]
-            rendered, spans = [], []
-            for i in rows:
-                prefix, suffix = fmt.render(texts[i], langs[i])
-                rendered.append(prefix + texts[i] + suffix)
-                spans.append((len(prefix), len(prefix) + len(texts[i])))
-            encodings = self.tokenizer.encode_batch(rendered,
-                                                    add_special_tokens=fmt.add_special_tokens)
-            for i, enc, (start, end) in zip(rows, encodings, spans):
-                ids = enc.ids
-                if len(ids) > max_tokens:
-                    ids = _truncate_content(enc, start, end, max_tokens, k)
-                out[i] = list(ids)
-        return out  # type: ignore[return-value]
-
-    def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-pad -> input_ids (B, T) int64, attention_mask (B, T) int64."""
-        width = max(1, max(len(r) for r in rows))
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, :len(r)] = 1
-        return ids, mask
+def padded_tensors(inputs: InputTokenizer,
+                   rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``inputs.pad(rows)`` as torch tensors: input_ids (B, T), attention_mask (B, T) int64."""
+    ids, mask = inputs.pad(rows)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 class TorchEncoder:
@@ -87,7 +44,7 @@ class TorchEncoder:
                  batch_size: int = 64, device: str | torch.device | None = None,
                  name: str | None = None):
         self.model = model
-        self.inputs = InputTokenizer.for_model(model, tokenizer_file)
+        self.inputs = model_inputs(model, tokenizer_file)
         info = model.export_info()
         self.max_tokens = int(max_tokens or info.max_tokens)
         self.batch_size = int(batch_size)
@@ -137,7 +94,7 @@ class TorchEncoder:
             order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
             for begin in range(0, len(order), self.batch_size):
                 batch = order[begin:begin + self.batch_size]
-                input_ids, mask = self.inputs.pad([ids[i] for i in batch])
+                input_ids, mask = padded_tensors(self.inputs, [ids[i] for i in batch])
                 emb = self.model(input_ids.to(self.device), mask.to(self.device), (exit,))[exit]
                 emb = emb.float().cpu().numpy()
                 if out is None:

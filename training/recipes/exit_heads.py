@@ -42,31 +42,12 @@ import torch.nn.functional as F
 # ============================================================================================
 
 
-def _truncate(ids: list[int], max_tokens: int) -> list[int]:
-    """Keep the first tokens and the closing special token (the runtime's head truncation)."""
-    if len(ids) <= max_tokens:
-        return ids
-    return ids[:max_tokens - 1] + ids[-1:]
-
-
 def encode_truncated(encoder, texts: list[str], kind: str, exit: int, max_tokens: int,
-                     langs: list[str] | None = None, batch_size: int = 32) -> np.ndarray:
-    """``ModelEncoder.encode`` with a shorter token limit than the exit's (training lengths)."""
-    session = encoder.session(exit)
-    ids = [_truncate(x, max_tokens) for x in encoder.tokenize(texts, kind, exit, langs)]
-    out = np.empty((len(ids), session.spec.dim), dtype=np.float32)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    pad = encoder.manifest.pad_id
-    for begin in range(0, len(order), batch_size):
-        batch = order[begin:begin + batch_size]
-        width = max(len(ids[i]) for i in batch)
-        input_ids = np.full((len(batch), width), pad, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, i in enumerate(batch):
-            input_ids[row, :len(ids[i])] = ids[i]
-            mask[row, :len(ids[i])] = 1
-        out[batch] = session.run(input_ids, mask)
-    return out
+                     langs: list[str] | None = None) -> np.ndarray:
+    """``ModelEncoder.encode`` with a shorter token limit than the exit's (training lengths):
+    the runtime's tokenising, truncation, padding and batching, so the cached features are
+    what the product computes for inputs of that length."""
+    return encoder.encode(texts, kind, exit, langs, max_tokens=max_tokens)
 
 
 def sample_groups(pairs_file: str, num_groups: int, seed: int,

@@ -42,7 +42,7 @@ from torch import nn
 
 from mose_lsp.errors import ConfigError, MoseError
 
-from ..evaluation import InputTokenizer, TorchEncoder
+from ..evaluation import TorchEncoder, model_inputs, padded_tensors
 from ..losses import EmbeddingAnchor, InfoNCELoss, RetrievalLoss, SimilarityDistillation
 from . import common
 from .common import ModelConfig, OptimConfig, TrainConfig, log
@@ -255,7 +255,7 @@ class FinetuneRecipe(common.Recipe):
             resumed, _ = load_checkpoint(resume_dir)
             model.load_state_dict(resumed.state_dict())
         self.encoder = model
-        self.inputs = InputTokenizer.for_model(model, self.tokenizer_path)
+        self.inputs = model_inputs(model, self.tokenizer_path)
         self._build_data()
 
         if cfg.train.gradient_checkpointing:
@@ -320,8 +320,8 @@ class FinetuneRecipe(common.Recipe):
         seed = self.config.seed
         indices = [self.groups[g][pick_variant(seed, epoch, g, len(self.groups[g]))]
                    for g in groups]
-        q_ids, q_mask = self.inputs.pad([self.query_ids[i] for i in indices])
-        d_ids, d_mask = self.inputs.pad([self.code_ids[i] for i in indices])
+        q_ids, q_mask = padded_tensors(self.inputs, [self.query_ids[i] for i in indices])
+        d_ids, d_mask = padded_tensors(self.inputs, [self.code_ids[i] for i in indices])
         batch = {"q_ids": q_ids, "q_mask": q_mask, "d_ids": d_ids, "d_mask": d_mask}
         return {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items()}
 
