@@ -84,6 +84,7 @@ class Progress:
     done: int
     total: int
     message: str = ""
+    chunks: int = 0  # chunks embedded so far by this operation
 
     @property
     def percent(self) -> int:
@@ -381,9 +382,12 @@ class WorkspaceIndex:
                     pending.append(item)
                     pool += len(item.embed_rows)
             if progress is not None:
-                progress(Progress("scan", at, total, entry.rel))
+                progress(Progress("scan", at, total, entry.rel, report.chunks_embedded))
         if pending:
             report.chunks_embedded += self._flush(pending, background=True)
+            if progress is not None:
+                progress(Progress("scan", at, total, changed[at - 1].rel,
+                                  report.chunks_embedded))
         return at
 
     def update_paths(self, rels: Iterable[str]) -> ScanReport:

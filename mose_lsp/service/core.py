@@ -49,6 +49,7 @@ class _SimilarQuery:
     rel: str | None  # the file the query comes from (None: a pasted snippet)
     lines: tuple[int, int] | None  # its own lines, 0-based inclusive (None: the whole file)
     content_hash: str | None = None  # the chunk's, when the query is the chunk at a line
+    symbol: str | None = None  # ... and its symbol
 
 
 class Workspace:
@@ -229,10 +230,13 @@ class Service:
                 end_line: int | None = None, text: str | None = None, language: str = "",
                 limit: int | None = None, languages: Iterable[str] = (),
                 path_glob: str | None = None, folders: Sequence[Workspace] | None = None,
-                fresh: bool = True, wait_s: float | None = FRESH_WAIT_S) -> SearchResult:
+                fresh: bool = True, wait_s: float | None = FRESH_WAIT_S,
+                keep_own: bool = False) -> SearchResult:
         """Code like a file's code: the innermost chunk around ``start_line`` (0-based), the
         lines ``start_line..end_line``, the whole file (no line), or a pasted ``text``
-        snippet (no path). The query's own code is not among the results."""
+        snippet (no path). The query's own code is not among the results, nor (for the chunk
+        at a line) the other chunks of its symbol in that file (the other windows of a long
+        function), unless ``keep_own``."""
         k = self._limit(limit)
         scope = self._scope(folders)
         if (path is None) == (text is None):
@@ -264,11 +268,13 @@ class Service:
         snippet = " ".join(q.text.split()) if q.rel is None else None
 
         def keep(folder: Workspace, hit: Hit) -> bool:
+            if keep_own:
+                return True
             if snippet is not None:
                 return " ".join(hit.text.split()) != snippet
             if folder is not own or hit.path != q.rel:
                 return True
-            if q.lines is None:
+            if q.lines is None or (q.symbol is not None and hit.symbol == q.symbol):
                 return False
             return hit.end_line < q.lines[0] or hit.start_line > q.lines[1]
 
@@ -278,16 +284,18 @@ class Service:
 
     def _query_of_file(self, folder: Workspace, rel: str, start: int | None,
                        end: int | None) -> _SimilarQuery:
-        from ..chunker import ChunkLimits, chunk_source
+        from ..chunker import ChunkLimits, SkipReason, chunk_source, decode_source
         from ..languages import detect_language
 
-        max_bytes = folder.settings.max_file_bytes
+        limits = ChunkLimits(max_file_bytes=folder.settings.max_file_bytes)
         try:
-            raw = read_regular(folder.root / rel, folder.root, max_bytes + 1)
+            raw = read_regular(folder.root / rel, folder.root, limits.max_file_bytes + 1)
         except OSError as err:
             raise ServiceError(f"cannot read {rel}: {err.strerror or err}; give the path of a "
                                "file in the workspace, relative to it") from err
-        text = raw.decode("utf-8", errors="replace")
+        text = decode_source(raw, limits)
+        if isinstance(text, SkipReason):
+            raise ServiceError(f"{rel} is not indexed code ({text.message})")
         lines = text.splitlines()
         lang = detect_language(rel) or ""
         if start is None:
@@ -307,7 +315,7 @@ class Service:
             if not body.strip():
                 raise ServiceError(f"lines {start + 1}-{end + 1} of {rel} are blank")
             return _SimilarQuery(body, lang, rel, (start, end))
-        result = chunk_source(rel, text, ChunkLimits(max_file_bytes=max_bytes))
+        result = chunk_source(rel, text, limits)
         if result.skipped is not None:
             raise ServiceError(f"{rel} is not indexed code ({result.skipped.message})")
         around = [c for c in result.chunks if c.start_line <= start <= c.end_line]
@@ -316,7 +324,7 @@ class Service:
                                "a function or class, or a line range")
         chunk = min(around, key=lambda c: c.end_line - c.start_line)
         return _SimilarQuery(chunk.text, chunk.language or lang, rel,
-                             (chunk.start_line, chunk.end_line), chunk.content_hash)
+                             (chunk.start_line, chunk.end_line), chunk.content_hash, chunk.symbol)
 
     def _limit(self, limit: int | None) -> int:
         if limit is None:
@@ -392,6 +400,19 @@ class Service:
                     break
             index.flush()
         return done
+
+
+def folder_settings(settings: Settings, root: Path, several: bool) -> Settings:
+    """A folder's settings when ``settings.index_dir`` is configured: with one folder it is
+    that folder's index; with several, it holds one sub-folder per folder (named as in the
+    default cache), so that folders never share an index."""
+    if not settings.index_dir or not several:
+        return settings
+    from dataclasses import replace
+
+    from ..store import default_index_dir
+
+    return replace(settings, index_dir=str(Path(settings.index_dir) / default_index_dir(root).name))
 
 
 def forget_all(index: WorkspaceIndex) -> int:
