@@ -196,13 +196,20 @@ _GENERATED_SUFFIXES = (
     ".pb.gw.go", ".pb.cc", ".pb.h", "_pb2.py", "_pb2.pyi", "_pb2_grpc.py", ".pb.swift",
     ".pb.rs", ".g.dart", ".freezed.dart", ".designer.cs", ".g.cs", ".g.i.cs",
 )  # fmt: skip
-_GENERATED_HEAD_LINES = 12  # markers count only in a comment among the first lines
+# Generators announce themselves in the file's header comment: the comment lines at the top,
+# before any code or docstring (after a "#!" line and blank lines). Only that header counts,
+# and only statements generators write, not any mention of the words (a docstring saying
+# "helpers for auto-generated forms" is hand-written code).
+_GENERATED_HEADER_LINES = 40  # how far the header may run (licence blocks come first)
 _GENERATED_MARKER = re.compile(
-    r"@generated\b|\bDO NOT EDIT\b|\bDO NOT MODIFY\b|\bauto-?generated\b"
-    r"|\bautomatically generated\b|\bgenerated automatically\b",
+    r"@generated\b|\bDO NOT EDIT\b|\bDO NOT MODIFY\b|<auto-?generated\b"
+    r"|\b(?:auto-?generated|automatically generated|generated automatically|code generated"
+    r"|generated)\s+(?:by|from|with|using)\b"
+    r"|\b(?:this|the)\s+(?:file|code|module|source)\s+(?:is|was|has been)\s+"
+    r"(?:auto-?generated|automatically generated|generated)\b",
     re.IGNORECASE,
 )
-_COMMENT_LEADERS = ("#", "//", "/*", "*", "--", "<!--", ";", "%", '"""', "'''", "{-", "(*")
+_COMMENT_LEADERS = ("#", "//", "/*", "*", "--", "<!--", ";", "%", "{-", "(*")
 
 
 def _generated_name(path: str) -> str | None:
@@ -217,12 +224,22 @@ def _generated_name(path: str) -> str | None:
 
 
 def _generated_marker(text: str) -> str | None:
-    for number, line in enumerate(text.split("\n", _GENERATED_HEAD_LINES)[:_GENERATED_HEAD_LINES]):
+    """A generator's marker in the header comment (see ``_GENERATED_MARKER``), if any."""
+    lines = text.split("\n", _GENERATED_HEADER_LINES)[:_GENERATED_HEADER_LINES]
+    in_block = False  # inside a /* ... */ or <!-- ... --> comment
+    for number, line in enumerate(lines):
         stripped = line.strip()
-        if stripped.startswith(_COMMENT_LEADERS):
-            match = _GENERATED_MARKER.search(stripped)
-            if match:
-                return f"marker {match.group(0)!r} on line {number + 1}"
+        if not stripped or (number == 0 and stripped.startswith("#!")):
+            continue
+        if not in_block and not stripped.startswith(_COMMENT_LEADERS):
+            return None  # the first code (or docstring) line ends the header
+        match = _GENERATED_MARKER.search(stripped)
+        if match:
+            return f"marker {match.group(0)!r} on line {number + 1}"
+        if stripped.startswith(("/*", "<!--")):
+            in_block = "*/" not in stripped and "-->" not in stripped
+        elif in_block and ("*/" in stripped or "-->" in stripped):
+            in_block = False
     return None
 
 

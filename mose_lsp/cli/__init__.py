@@ -80,19 +80,27 @@ def _add_plugins() -> None:
         app.add_typer(sub, name=ep.name)
 
 
-def _register_runtime_commands() -> None:
-    """Add the runtime commands (idempotent). Their modules import only typer and the CLI's
-    own helpers at import time; each command imports the engine when it runs."""
-    if any(c.name == "index" for c in app.registered_commands):
-        return
-    from .. import eval_cli, serve_cli
-    from . import indexing, search, status
+# Which module registers each runtime command (``register(app)``).
+RUNTIME_COMMANDS = {
+    "index": "mose_lsp.cli.indexing", "search": "mose_lsp.cli.search",
+    "similar": "mose_lsp.cli.search", "status": "mose_lsp.cli.status",
+    "eval": "mose_lsp.eval_cli", "serve": "mose_lsp.serve_cli",
+}
 
-    indexing.register(app)
-    search.register(app)
-    status.register(app)
-    eval_cli.register(app)
-    serve_cli.register(app)
+
+def _register_runtime_commands(only: str | None = None) -> None:
+    """Add the runtime commands (idempotent): all of them, or only the module of ``only``
+    (a one-shot ``mose search`` then imports nothing it does not run: ``eval`` alone costs
+    the evaluation code's imports). Each command imports the engine when it runs."""
+    from importlib import import_module
+
+    have = {c.name for c in app.registered_commands}
+    modules = [RUNTIME_COMMANDS[only]] if only in RUNTIME_COMMANDS else RUNTIME_COMMANDS.values()
+    for name in dict.fromkeys(modules):
+        commands = [c for c, m in RUNTIME_COMMANDS.items() if m == name]
+        if not all(c in have for c in commands):
+            import_module(name).register(app)
+            have.update(commands)
 
 
 def _wants_json(argv: list[str]) -> bool:
@@ -123,11 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     if args in (["--version"], ["-V"]):  # nothing else to load
         typer.echo(f"mose {__version__}")
         return
-    _register_runtime_commands()
-    if next((a for a in args if not a.startswith("-")), None) not in (
-            None, "index", "search", "similar", "status", "eval", "serve"):
-        _add_plugins()
-    elif any(a in ("--help", "-h") for a in args) or not args:
+    command = next((a for a in args if not a.startswith("-")), None)
+    helping = not args or any(a in ("--help", "-h") for a in args) and command is None
+    if command in RUNTIME_COMMANDS and not helping:
+        _register_runtime_commands(only=command)
+    else:  # the full list (help, a plugin's command, a typo)
+        _register_runtime_commands()
         _add_plugins()
     as_json = _wants_json(args)
     usage_errors, aborts = _click_errors()
