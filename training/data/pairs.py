@@ -880,17 +880,12 @@ def site_packages_sources(path: str | Path | None = None,
         name = dist.metadata["Name"]
         if name.lower() in skip_names or not dist.files:
             continue
-        files = []
-        for f in dist.files:
-            rel = Path(f).as_posix()
-            if rel.startswith("..") or "__pycache__" in rel or rel.endswith(".pyi"):
-                continue
-            if language_for_path(rel) not in parsed_languages() or is_test_path(rel):
-                continue
-            files.append(rel)
+        from .pinned import code_files
+
+        files = code_files(Path(f).as_posix() for f in dist.files)
         if files:
             sources.append(Source(name=name, version=dist.version, root=sp, repo=name,
-                                  files=tuple(sorted(set(files)))))
+                                  files=files))
     return sources
 
 
