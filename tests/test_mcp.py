@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 mcp = pytest.importorskip("mcp")
-from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
+from mcp import ClientSession, StdioServerParameters, stdio_client
 
 REPO = Path(__file__).resolve().parents[1]
 CALL_TIMEOUT_S = 300  # a first call waits for the model and the first index
@@ -28,10 +28,9 @@ async def session(workspace: Path, index_dir: Path, model_path: Path, *extra: st
     cmd = mcp_command(workspace, index_dir, model_path, *extra)
     params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=dict(os.environ),
                                    cwd=str(REPO))
-    async with stdio_client(params) as (read, write):
-        async with ClientSession(read, write) as client:
-            await client.initialize()
-            yield client
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
+        await client.initialize()
+        yield client
 
 
 async def call(client, tool: str, args: dict):
