@@ -112,8 +112,12 @@ def file_hash(raw: bytes) -> str:
 
 
 def model_id(model: ModelEncoder) -> str:
-    """Identity of the model and exits a store was built with (name + exit file checksums)."""
-    m = model.manifest
+    """Identity of the model and exits a store was built with (name + exit file checksums;
+    the name alone for an encoder without a model directory, such as a training checkpoint
+    that ``mose eval`` scores)."""
+    m = getattr(model, "manifest", None)
+    if m is None:
+        return str(model.name)
     sums = ",".join(f"{e.layer}:{m.files.get(e.file, '')[-16:]}" for e in m.exits)
     return f"{m.name}@{m.version}[{sums}]"
 

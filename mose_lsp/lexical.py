@@ -1,27 +1,21 @@
-"""A lexical signal: BM25 over identifier-split tokens.
+"""The lexical signal: identifier-split tokens and BM25 over SQLite FTS5.
 
-Used as the baseline of ``mose eval --bm25`` and meant to be fused with the dense scores by the
-searcher later, so the index is incremental: documents are added, replaced and removed one at a
-time, and a query only touches the postings of its own terms.
+The workspace store keeps a full-text index (FTS5, contentless) of every chunk's tokens; the
+searcher fuses its BM25 with the deep cosine, and ``mose eval --bm25`` ranks with the same
+functions, so the baseline is what ships.
 
 Tokens: runs of letters and digits, split at snake_case underscores, camelCase humps
 (``parseHTTPResponse2`` -> ``parse http response 2``) and letter/digit boundaries, lowercased.
 
-Scoring (Okapi BM25, Lucene's non-negative idf)::
-
-    score(q, d) = sum over distinct query tokens t of
-                  idf(t) * tf(t, d) * (k1 + 1) / (tf(t, d) + k1 * (1 - b + b * |d| / avgdl))
-    idf(t) = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5))
-
-A token repeated in the query counts once (BM25's k3 = 0): code used as a query repeats ``i``,
-``n`` and ``return`` many times, and letting repeats multiply their weight lowered cross-language
-code search on the transcoder-dev suites (about 2.6 MRR points on python-java).
+Scoring is FTS5's ``bm25()`` (see :data:`FTS_SCHEMA`). A query is its distinct tokens, so a
+token repeated in the query counts once: code used as a query repeats ``i``, ``n`` and
+``return`` many times, and letting repeats multiply their weight lowers cross-language code
+search.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import re
 import sqlite3
 from collections import Counter
@@ -257,146 +251,3 @@ def lexical_signal(
     accepted = (int(i) for i in ids if keep is None or keep(int(i)))
     top = list(itertools.islice(accepted, max(0, n_candidates)))
     return signal, top
-
-
-class BM25Index:
-    """Incremental BM25 index with an inverted index (term -> postings).
-
-    Documents live in slots; a removed document's slot is reused. Per-term postings are kept as
-    dicts (cheap updates) and turned into numpy arrays on first use after a change (fast queries).
-    Not thread-safe: use one writer, or guard with a lock.
-    """
-
-    def __init__(self, k1: float = 1.2, b: float = 0.75) -> None:
-        if k1 < 0 or not 0.0 <= b <= 1.0:
-            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1 (got k1={k1}, b={b})")
-        self.k1 = k1
-        self.b = b
-        self._slot_of: dict[str, int] = {}
-        self._ids: list[str | None] = []  # slot -> document id (None: free)
-        self._free: list[int] = []
-        self._terms: list[Counter[str] | None] = []  # slot -> term frequencies
-        self._lengths = np.zeros(16, dtype=np.float64)  # slot -> token count
-        self._total_length = 0
-        self._postings: dict[str, dict[int, int]] = {}  # term -> {slot: tf}
-        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # term -> (slots, tfs)
-
-    # -- updates -------------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return len(self._slot_of)
-
-    def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._slot_of
-
-    def add(self, doc_id: str, text: str) -> None:
-        """Index ``text`` under ``doc_id``, replacing any document with that id."""
-        self.add_tokens(doc_id, identifier_tokens(text))
-
-    def add_tokens(self, doc_id: str, tokens: Iterable[str]) -> None:
-        """Index already-tokenised content under ``doc_id`` (replacing it if present)."""
-        if doc_id in self._slot_of:
-            self.remove(doc_id)
-        counts = Counter(tokens)
-        if self._free:
-            slot = self._free.pop()
-            self._ids[slot] = doc_id
-            self._terms[slot] = counts
-        else:
-            slot = len(self._ids)
-            self._ids.append(doc_id)
-            self._terms.append(counts)
-            if slot >= len(self._lengths):
-                grown = np.zeros(2 * len(self._lengths), dtype=np.float64)
-                grown[: len(self._lengths)] = self._lengths
-                self._lengths = grown
-        self._slot_of[doc_id] = slot
-        length = sum(counts.values())
-        self._lengths[slot] = length
-        self._total_length += length
-        for term, tf in counts.items():
-            self._postings.setdefault(term, {})[slot] = tf
-            self._arrays.pop(term, None)
-
-    def remove(self, doc_id: str) -> bool:
-        """Drop ``doc_id``; return whether it was indexed."""
-        slot = self._slot_of.pop(doc_id, None)
-        if slot is None:
-            return False
-        counts = self._terms[slot]
-        assert counts is not None, "an indexed slot holds its term counts"
-        for term in counts:
-            posting = self._postings[term]
-            del posting[slot]
-            if not posting:
-                del self._postings[term]
-            self._arrays.pop(term, None)
-        self._total_length -= int(self._lengths[slot])
-        self._lengths[slot] = 0.0
-        self._ids[slot] = None
-        self._terms[slot] = None
-        self._free.append(slot)
-        return True
-
-    # -- queries -------------------------------------------------------------------------
-
-    def _postings_array(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
-        cached = self._arrays.get(term)
-        if cached is None:
-            posting = self._postings.get(term)
-            if posting is None:
-                return None
-            slots = np.fromiter(posting.keys(), dtype=np.int64, count=len(posting))
-            tfs = np.fromiter(posting.values(), dtype=np.float64, count=len(posting))
-            cached = self._arrays[term] = (slots, tfs)
-        return cached
-
-    def _slot_scores(self, query: str | Sequence[str]) -> np.ndarray:
-        """BM25 score of every slot (free slots score 0)."""
-        tokens = identifier_tokens(query) if isinstance(query, str) else list(query)
-        scores = np.zeros(len(self._ids), dtype=np.float64)
-        n_docs = len(self._slot_of)
-        if n_docs == 0 or not tokens:
-            return scores
-        avgdl = max(self._total_length / n_docs, 1e-9)
-        k1, b = self.k1, self.b
-        for term in dict.fromkeys(tokens):  # distinct, in query order (deterministic sums)
-            arrays = self._postings_array(term)
-            if arrays is None:
-                continue
-            slots, tfs = arrays
-            df = len(slots)
-            idf = math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
-            norm = k1 * (1.0 - b + b * self._lengths[slots] / avgdl)
-            scores[slots] += idf * tfs * (k1 + 1.0) / (tfs + norm)
-        return scores
-
-    def scores(self, query: str | Sequence[str], doc_ids: Sequence[str]) -> np.ndarray:
-        """(len(doc_ids),) BM25 scores of the given indexed documents for ``query``."""
-        return self._slot_scores(query)[self._slots(doc_ids)]
-
-    def score_matrix(self, queries: Sequence[str | Sequence[str]],
-                     doc_ids: Sequence[str]) -> np.ndarray:
-        """(Q, N) float64 scores of every query against the given documents."""
-        slots = self._slots(doc_ids)
-        out = np.zeros((len(queries), len(doc_ids)), dtype=np.float64)
-        for i, query in enumerate(queries):
-            out[i] = self._slot_scores(query)[slots]
-        return out
-
-    def search(self, query: str | Sequence[str], k: int = 10) -> list[tuple[str, float]]:
-        """Top ``k`` (doc id, score) with a positive score, best first (ties: lower slot first)."""
-        scores = self._slot_scores(query)
-        hits = np.flatnonzero(scores > 0)
-        if len(hits) > k:
-            part = np.argpartition(-scores[hits], k - 1)[:k]
-            hits = hits[part]
-        order = hits[np.lexsort((hits, -scores[hits]))]
-        return [(self._ids[s], float(scores[s])) for s in order]  # type: ignore[misc]
-
-    def _slots(self, doc_ids: Sequence[str]) -> np.ndarray:
-        try:
-            return np.fromiter((self._slot_of[d] for d in doc_ids), dtype=np.int64,
-                               count=len(doc_ids))
-        except KeyError as err:
-            raise KeyError(f"document {err.args[0]!r} is not in the BM25 index") from None

@@ -20,6 +20,7 @@ from mose_lsp.evaluate import (
     Metrics,
     PipelineSpec,
     SuiteError,
+    bm25_rankings,
     dense_ranks,
     evaluate,
     evaluate_bm25,
@@ -35,7 +36,7 @@ from mose_lsp.evaluate import (
     relevant_ranks,
     results_to_json,
 )
-from mose_lsp.lexical import BM25Index, identifier_tokens, lexical_signal
+from mose_lsp.lexical import identifier_tokens, lexical_signal
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
 
@@ -215,54 +216,23 @@ def test_identifier_tokens() -> None:
     assert identifier_tokens("getÉtéValue") == ["get", "été", "value"]
 
 
-def test_bm25_ranks_the_exact_match_first() -> None:
-    index = BM25Index()
-    for doc in DOCS:
-        index.add(doc["id"], doc["text"])
-    hits = index.search("readFile(path)", k=3)
-    assert hits[0][0] == "read"
-    assert hits[0][1] > hits[1][1] if len(hits) > 1 else True
-    assert index.search("parse_config toml", k=1)[0][0] == "parse"
-    assert index.search("zzz unknown", k=5) == []
-
-
-def test_bm25_incremental_updates_equal_a_fresh_build() -> None:
-    incremental = BM25Index()
-    for doc in DOCS:
-        incremental.add(doc["id"], doc["text"])
-    incremental.remove("sum")
-    incremental.remove("fetch")
-    incremental.add("read", "def read_lines(path):\n    return open(path).readlines()")
-    incremental.add("new", "def write_file(path, text):\n    open(path, 'w').write(text)")
-    assert not incremental.remove("sum")
-    final = {d["id"]: d["text"] for d in DOCS if d["id"] not in ("sum", "fetch")}
-    final["read"] = "def read_lines(path):\n    return open(path).readlines()"
-    final["new"] = "def write_file(path, text):\n    open(path, 'w').write(text)"
-    fresh = BM25Index()
-    for doc_id, text in final.items():
-        fresh.add(doc_id, text)
-    assert len(incremental) == len(fresh) == len(final) and "sum" not in incremental
-    queries = ["read file path", "return values", "write text", "add a b", "io reader"]
-    ids = sorted(final)
-    np.testing.assert_allclose(incremental.score_matrix(queries, ids),
-                               fresh.score_matrix(queries, ids), rtol=1e-12)
-    for q in queries:
-        assert ({d: round(s, 9) for d, s in incremental.search(q, k=10)}
-                == {d: round(s, 9) for d, s in fresh.search(q, k=10)})
-    with pytest.raises(KeyError, match="sum"):
-        incremental.scores("x", ["sum"])
-
-
-def test_bm25_scores_by_hand() -> None:
-    index = BM25Index(k1=1.2, b=0.75)
-    index.add("a", "apple banana")
-    index.add("b", "cherry cherry banana date")
-    # df(apple) = 1 of N = 2; |a| = 2, avgdl = 3; tf = 1.
-    idf = math.log(1 + (2 - 1 + 0.5) / (1 + 0.5))
-    expected = idf * 1 * 2.2 / (1 + 1.2 * (1 - 0.75 + 0.75 * 2 / 3))
-    assert index.scores("apple", ["a", "b"]).tolist() == pytest.approx([expected, 0.0])
-    # A repeated query token counts once.
-    assert index.scores("apple apple", ["a"])[0] == pytest.approx(expected)
+def test_bm25_baseline_ranks_with_the_store_full_text_index(tmp_path: Path) -> None:
+    """The baseline is FTS5's BM25 as the store ranks chunks: the exact match first, and a
+    document sharing no token with the query is not ranked at all."""
+    write_suite(tmp_path, DOCS, [
+        {"id": "q1", "text": "readFile(path)", "kind": "code", "lang": "python",
+         "relevant": ["read"]},
+        {"id": "q2", "text": "parse_config toml", "kind": "text", "lang": "",
+         "relevant": ["parse"]},
+        {"id": "q3", "text": "zzz unknown", "kind": "text", "lang": "", "relevant": ["read"]},
+    ])
+    suite = load_suite(tmp_path)
+    ids = [d.id for d in suite.documents]
+    rankings = bm25_rankings(suite)
+    assert ids[rankings[0][0]] == "read" and ids[rankings[1][0]] == "parse"
+    assert rankings[2] == []
+    metrics = evaluate_bm25(suite).metrics
+    assert metrics.mrr == pytest.approx(2 / 3) and metrics.recall[1] == pytest.approx(2 / 3)
 
 
 def test_lexical_signal_normalises_one_ranking_and_picks_kept_candidates() -> None:
@@ -276,12 +246,15 @@ def test_lexical_signal_normalises_one_ranking_and_picks_kept_candidates() -> No
 
 
 @pytest.mark.skipif(not SHARED_EVAL.is_dir(), reason="shared/eval suites not present")
-def test_bm25_matches_the_reference_numbers_on_the_dev_suites() -> None:
-    reference = {"eval/cosqa-dev": 33.3, "eval/transcoder-dev/python-java": 86.2,
-                 "eval/transcoder-dev/java-cpp": 90.6, "eval/transcoder-dev/cpp-python": 83.7}
+def test_bm25_baseline_numbers_on_the_dev_suites() -> None:
+    """FTS5's BM25 (what the store ships) on the dev suites. It is below shared/eval's
+    reference BM25 (33.3, 86.2, 90.6, 83.7) mostly because FTS5 floors the idf of a token in
+    more than half the documents at zero, and code suites are full of such tokens."""
+    measured = {"eval/cosqa-dev": 32.4, "eval/transcoder-dev/python-java": 84.5,
+                "eval/transcoder-dev/java-cpp": 87.7, "eval/transcoder-dev/cpp-python": 79.9}
     got = {s.name: 100 * evaluate_bm25(s).metrics.mrr for s in load_suites(SHARED_EVAL)}
-    for name, ref in reference.items():
-        assert abs(got[name] - ref) < 1.5, f"{name}: BM25 MRR {got[name]:.1f}, reference {ref}"
+    for name, want in measured.items():
+        assert abs(got[name] - want) < 0.1, f"{name}: BM25 MRR {got[name]:.2f}, was {want}"
 
 
 # -- evaluation with the ONNX fixture ----------------------------------------------------------

@@ -508,3 +508,44 @@ def test_cli_imports_without_torch_and_explains_when_absent(tmp_path):
                           check=False)
     assert done.returncode == 1
     assert "'train' dependencies" in done.stderr and "torch" in done.stderr
+
+
+def test_exit_heads_scores_cached_vectors_through_mose_evaluate(tmp_path: Path) -> None:
+    """The default model's recipe scores its heads with ``mose_lsp.evaluate`` (exits, the
+    pipeline and the searcher over a real store), on cached vectors."""
+    import numpy as np
+    from mose_training.recipes.exit_heads import score_cached, score_deep_index
+
+    from mose_lsp.evaluate import dense_ranks, load_suite, mrr
+
+    rng = np.random.default_rng(0)
+    n, dim = 40, 8
+    suite_dir = tmp_path / "suite"
+    suite_dir.mkdir()
+    docs = [{"id": f"d{i}", "text": f"def f{i}(x): return x + {i}", "lang": "python"}
+            for i in range(n)]
+    queries = [{"id": f"q{i}", "text": f"add {i}", "kind": "text", "lang": "",
+                "relevant": [f"d{i}"]} for i in range(0, n, 2)]
+    for name, rows in (("corpus.jsonl", docs), ("queries.jsonl", queries)):
+        (suite_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    suite = load_suite(suite_dir)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    cache = {}
+    for e, noise in ((2, 1.5), (6, 0.4)):
+        d = unit(rng.normal(size=(n, dim)))
+        cache[f"{suite.name}|docs@{e}"] = d
+        cache[f"{suite.name}|queries@{e}"] = unit(d[::2] + noise * rng.normal(size=(n // 2, dim)))
+    heads = {e: torch.eye(dim) * 2.0 for e in (2, 6)}  # scale only: the same rankings
+    proxy = score_cached(cache, [str(suite_dir)], heads, pipeline_k=10)[suite.name]
+    rel = suite.relevant_indices()
+    for e in (2, 6):
+        exact = mrr(dense_ranks(cache[f"{suite.name}|queries@{e}"],
+                                cache[f"{suite.name}|docs@{e}"], rel))
+        assert proxy[f"mrr@{e}"] == round(100 * exact, 1)
+    assert 0 < proxy["pipeline"] <= 100
+    deep = score_deep_index(cache, [str(suite_dir)], None)[suite.name]
+    assert deep["deep_exact"] == proxy["mrr@6"]
+    assert abs(deep["deep_hnsw"] - deep["deep_exact"]) < 1.0  # HNSW is exact at this size

@@ -11,6 +11,7 @@ will.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,6 +64,11 @@ class TorchEncoder:
     @property
     def exits(self) -> tuple[int, ...]:
         return tuple(self.model.exit_layers)
+
+    def foreground(self) -> contextlib.AbstractContextManager[None]:
+        """What the runtime's searcher enters around a query (``ModelEncoder.foreground``);
+        a torch encoder runs no background work to pause."""
+        return contextlib.nullcontext()
 
     @property
     def index_exit(self) -> int:

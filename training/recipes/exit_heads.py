@@ -26,6 +26,7 @@ from ``mose eval`` on the exported int8 model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
@@ -236,83 +237,103 @@ def fit_heads(cache: dict[str, np.ndarray], cfg: HeadFitConfig,
     return {e: heads[e].detach().clone() for e in exits}
 
 
+class CachedSuiteEncoder:
+    """The evaluation ``Encoder`` interface over one suite's cached vectors (``cache_suites``)
+    with the exit heads applied, so that ``mose_lsp.evaluate.evaluate`` scores fitted heads
+    exactly as ``mose eval`` scores a model, the search as shipped included."""
+
+    def __init__(self, suite, cache: dict[str, np.ndarray],
+                 heads: dict[int, torch.Tensor] | None) -> None:
+        self.name = "cached features" + (" + fitted heads" if heads is not None else "")
+        self.exits = tuple(sorted(int(k.split("@")[1]) for k in cache
+                                  if k.startswith(f"{suite.name}|docs@")))
+        self._vectors = {e: {"docs": _apply_head(cache[f"{suite.name}|docs@{e}"], heads, e),
+                             "queries": _apply_head(cache[f"{suite.name}|queries@{e}"], heads, e)}
+                         for e in self.exits}
+        self._rows: dict[tuple[str, str, str], tuple[str, int]] = {}
+        for i, d in enumerate(suite.documents):
+            self._rows.setdefault(("code", d.lang or "", d.text), ("docs", i))
+        for i, q in enumerate(suite.queries):
+            self._rows.setdefault((q.kind, q.lang or "", q.text), ("queries", i))
+
+    @property
+    def index_exit(self) -> int:
+        return self.exits[0]
+
+    @property
+    def rerank_exit(self) -> int:
+        return self.exits[-1]
+
+    def dim(self, exit: int) -> int:
+        return int(self._vectors[exit]["docs"].shape[1])
+
+    def encode(self, texts, kind: str, exit: int, langs=None) -> np.ndarray:
+        langs = [""] * len(texts) if langs is None else langs
+        try:
+            rows = [self._rows[(kind, lang or "", text)] for text, lang in zip(texts, langs)]
+        except KeyError as err:
+            raise ValueError(f"{kind} input not in the cached suite: {err}") from None
+        if not rows:
+            return np.zeros((0, self.dim(exit)), dtype=np.float32)
+        return np.stack([self._vectors[exit][part][i] for part, i in rows]).astype(np.float32)
+
+    def foreground(self):
+        return contextlib.nullcontext()
+
+
+def _apply_head(x: np.ndarray, heads: dict[int, torch.Tensor] | None, e: int) -> np.ndarray:
+    if heads is None:
+        return x
+    y = x @ heads[e].numpy().T
+    return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+
+def _evaluate_cached(suites_cache: dict[str, np.ndarray], suites: list[str],
+                     heads: dict[int, torch.Tensor] | None, pipeline_k: int,
+                     recall_ks: tuple[int, ...]):
+    """``mose_lsp.evaluate.evaluate`` of every suite on the cached vectors (no lexical part:
+    the heads are what is being judged)."""
+    from mose_lsp.evaluate import PipelineSpec, evaluate, load_suites
+
+    for path in suites:
+        for suite in load_suites(path):
+            encoder = CachedSuiteEncoder(suite, suites_cache, heads)
+            pipeline = None
+            if len(encoder.exits) >= 2:
+                pipeline = PipelineSpec(encoder.index_exit, encoder.rerank_exit, pipeline_k)
+            yield evaluate(encoder, suite, pipeline=pipeline, recall_ks=recall_ks,
+                           lexical_weight=0.0)
+
+
 def score_cached(suites_cache: dict[str, np.ndarray], suites: list[str],
                  heads: dict[int, torch.Tensor] | None, pipeline_k: int = 100
                  ) -> dict[str, dict[str, float]]:
     """Development proxy: MRR per exit (and the shallow->deep pipeline) with heads applied to
-    cached suite vectors."""
-    from mose_lsp.evaluate import (
-        Metrics,
-        dense_ranks,
-        load_suites,
-        pipeline_order,
-        ranks_from_order,
-    )
-
-    def apply(x: np.ndarray, e: int) -> np.ndarray:
-        if heads is None:
-            return x
-        y = x @ heads[e].numpy().T
-        return y / np.linalg.norm(y, axis=1, keepdims=True)
-
+    cached suite vectors, scored by ``mose_lsp.evaluate``."""
     result: dict[str, dict[str, float]] = {}
-    for path in suites:
-        for suite in load_suites(path):
-            exits = sorted(int(k.split("@")[1]) for k in suites_cache
-                           if k.startswith(f"{suite.name}|docs@"))
-            rel = suite.relevant_indices()
-            row: dict[str, float] = {}
-            vec = {}
-            for e in exits:
-                docs = apply(suites_cache[f"{suite.name}|docs@{e}"], e)
-                qs = apply(suites_cache[f"{suite.name}|queries@{e}"], e)
-                vec[e] = (docs, qs)
-                m = Metrics.from_ranks(dense_ranks(qs, docs, rel), (1, 10, 100))
-                row[f"mrr@{e}"] = round(100 * m.mrr, 1)
-                row[f"r100@{e}"] = round(100 * m.recall[100], 1)
-            if len(exits) >= 2:
-                s, d = exits[0], exits[-1]
-                order = pipeline_order(vec[s][1] @ vec[s][0].T, vec[d][1] @ vec[d][0].T,
-                                       pipeline_k)
-                row["pipeline"] = round(100 * Metrics.from_ranks(
-                    ranks_from_order(order, rel), (1,)).mrr, 1)
-            result[suite.name] = row
+    for res in _evaluate_cached(suites_cache, suites, heads, pipeline_k, (1, 10, 100)):
+        row: dict[str, float] = {}
+        for e in res.exits:
+            row[f"mrr@{e.exit}"] = round(100 * e.metrics.mrr, 1)
+            row[f"r100@{e.exit}"] = round(100 * e.metrics.recall[100], 1)
+        if res.pipeline is not None:
+            row["pipeline"] = round(100 * res.pipeline.metrics.mrr, 1)
+        result[res.suite] = row
     return result
 
 
 def score_deep_index(suites_cache: dict[str, np.ndarray], suites: list[str],
                      heads: dict[int, torch.Tensor] | None, k: int = 100
                      ) -> dict[str, dict[str, float]]:
-    """The product once the background deep pass has finished: candidates are the top ``k`` of
-    an HNSW index (``mose_lsp.ann.HnswIndex``, default parameters) over the deepest exit's
-    vectors, ranked by their deep score. MRR x 100 next to exact deep search."""
-    from mose_lsp.ann import HnswIndex
-    from mose_lsp.evaluate import Metrics, dense_ranks, load_suites, ranks_from_lists
-
+    """The product once the background deep pass has finished (the runtime's searcher over a
+    store of the suite, ``mose_lsp.evaluate``'s search as shipped, without the lexical part)
+    next to exact search with the deepest exit; MRR x 100."""
     result: dict[str, dict[str, float]] = {}
-    for path in suites:
-        for suite in load_suites(path):
-            deep = max(int(key.split("@")[1]) for key in suites_cache
-                       if key.startswith(f"{suite.name}|docs@"))
-            docs = suites_cache[f"{suite.name}|docs@{deep}"]
-            qs = suites_cache[f"{suite.name}|queries@{deep}"]
-            if heads is not None:
-                w = heads[deep].numpy().T
-                docs, qs = docs @ w, qs @ w
-                docs /= np.linalg.norm(docs, axis=1, keepdims=True)
-                qs /= np.linalg.norm(qs, axis=1, keepdims=True)
-            index = HnswIndex.create(docs.shape[1], capacity=len(docs))
-            index.add(np.arange(len(docs)), docs.astype(np.float32))
-            ids, _ = index.search(qs.astype(np.float32), k)
-            names = [d.id for d in suite.documents]
-            ranked = [[names[i] for i in row if i >= 0] for row in ids]
-            rel = suite.relevant_indices()
-            gold = [q.relevant for q in suite.queries]
-            approx = Metrics.from_ranks(ranks_from_lists(ranked, gold), (1,)).mrr
-            exact = Metrics.from_ranks(dense_ranks(qs, docs, rel), (1,)).mrr
-            result[suite.name] = {"deep_exact": round(100 * exact, 1),
-                                  "deep_hnsw": round(100 * approx, 1)}
-            index.close()
+    for res in _evaluate_cached(suites_cache, suites, heads, k, (1,)):
+        deep = max(res.exits, key=lambda e: e.exit)
+        shipped = res.product.metrics.mrr if res.product is not None else deep.metrics.mrr
+        result[res.suite] = {"deep_exact": round(100 * deep.metrics.mrr, 1),
+                             "deep_hnsw": round(100 * shipped, 1)}
     return result
 
 
