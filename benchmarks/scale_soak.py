@@ -16,8 +16,13 @@ RSS of the first and the last windows are compared (growth must stay under 10 %)
 must answer without error; at the end a freshly created file must become searchable (the index
 converged).
 
+``soak-mcp``: the same workspace and checks against a fresh ``mose mcp`` (MCP over stdio,
+through the MCP SDK's client): random edits on disk (rewrite, create, delete) and ``search``,
+``similar`` and ``status`` tool calls, each of which brings the index up to date first.
+
     python benchmarks/scale_soak.py scale --model MODEL_DIR --files 100000 --minutes 10
     python benchmarks/scale_soak.py soak --model MODEL_DIR --minutes 30 --json soak.json
+    python benchmarks/scale_soak.py soak-mcp --minutes 30 --json soak-mcp.json
 
 Exit status 1 when a check fails (soak: memory growth, errors, no convergence; scale: errors).
 """
@@ -362,25 +367,155 @@ async def run_soak(model: str | None, minutes: float, files: int = 300, threads:
         status = await session.command("mose.status")
         await session.stop()
         elapsed = time.perf_counter() - t1
-        warm = max(60.0, elapsed / 10)
-        window = max(60.0, elapsed / 10)
-        first = [r for t_, r in rss if warm <= t_ < warm + window]
-        last = [r for t_, r in rss if t_ >= elapsed - window]
-        growth = (statistics.median(last) / statistics.median(first) - 1) if first and last \
-            else None
         return {
             "mode": "soak", "files": files, "minutes_run": round(elapsed / 60, 2),
             "actions": counts, "search": latency(lat), "errors": session.errors,
             "converged_s": None if converged_s is None else round(converged_s, 1),
-            "rss_mb": {"after_warmup_median": round(statistics.median(first) / 2**20, 1)
-                       if first else None,
-                       "last_window_median": round(statistics.median(last) / 2**20, 1)
-                       if last else None,
-                       "peak": round(max(r for _, r in rss) / 2**20, 1) if rss else None},
-            "rss_growth": None if growth is None else round(growth, 4),
-            "rss_samples": [(round(t_, 1), r) for t_, r in rss],
+            **rss_summary(rss, elapsed),
             "final_status": {k: v for k, v in (status["folders"][0] if status.get("folders")
                                                else status).items()
+                             if isinstance(v, (int, float, str, type(None)))},
+            "load_average": list(os.getloadavg()),
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rss_summary(rss: list[tuple[float, int]], elapsed: float) -> dict[str, Any]:
+    """The soak's memory check: median RSS of the first window after the warm-up (a tenth of
+    the run, at least a minute) against the median of the last window (as long)."""
+    warm = max(60.0, elapsed / 10)
+    window = max(60.0, elapsed / 10)
+    first = [r for t_, r in rss if warm <= t_ < warm + window]
+    last = [r for t_, r in rss if t_ >= elapsed - window]
+    growth = (statistics.median(last) / statistics.median(first) - 1) if first and last \
+        else None
+    return {
+        "rss_mb": {"after_warmup_median": round(statistics.median(first) / 2**20, 1)
+                   if first else None,
+                   "last_window_median": round(statistics.median(last) / 2**20, 1)
+                   if last else None,
+                   "peak": round(max(r for _, r in rss) / 2**20, 1) if rss else None},
+        "rss_growth": None if growth is None else round(growth, 4),
+        "rss_samples": [(round(t_, 1), r) for t_, r in rss],
+    }
+
+
+def _child_pid(marker: str) -> int | None:
+    """The pid of this process's child whose command line holds ``marker``."""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me and marker in cmdline:
+            return int(entry.name)
+    return None
+
+
+async def run_soak_mcp(model: str | None, minutes: float, files: int = 300, threads: int = 2,
+                       seed: int = 0, workdir: Path | None = None) -> dict[str, Any]:
+    from mcp import ClientSession, StdioServerParameters, stdio_client
+
+    tmp = Path(tempfile.mkdtemp(prefix="mose-soak-mcp-", dir=workdir)).resolve()
+    rng = random.Random(seed)
+    functions = stdlib_functions()
+    errors: list[str] = []
+    try:
+        folder = tmp / "ws"
+        make_workspace(folder, files, per_dir=50)
+        args = ["-m", "mose_lsp.mcp", "-w", str(folder), "--index-dir", str(tmp / "index"),
+                "--threads", str(threads)]
+        if model:
+            args += ["--model", model]
+        params = StdioServerParameters(command=sys.executable, args=args, env=dict(os.environ))
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
+            await client.initialize()
+
+            async def call(tool: str, arguments: dict) -> tuple[float, Any]:
+                started = time.perf_counter()
+                try:
+                    result = await client.call_tool(tool, arguments,
+                                                    read_timeout_seconds=REQUEST_TIMEOUT)
+                except Exception as err:  # noqa: BLE001  (recorded as the soak's failure)
+                    errors.append(f"{tool}: {type(err).__name__}: {err}")
+                    return time.perf_counter() - started, None
+                if result.is_error:
+                    errors.append(f"{tool} {arguments}: {result.content[0].text[:300]}")
+                    return time.perf_counter() - started, None
+                return time.perf_counter() - started, result.structured_content
+
+            t0 = time.perf_counter()
+            while (await call("status", {}))[1] is None:  # the first index (and model load)
+                if time.perf_counter() - t0 > 1800:
+                    raise SystemExit("the first index of the soak workspace took over 30 min")
+            pid = _child_pid("mose_lsp.mcp")
+            if pid is None:
+                raise SystemExit("cannot find the mose mcp process to measure")
+            rss: list[tuple[float, int]] = []
+            t1 = time.perf_counter()
+            paths = sorted(folder.rglob("*.py"))
+            counts = {"disk_rewrite": 0, "disk_create": 0, "disk_delete": 0, "search": 0,
+                      "similar": 0, "status": 0}
+            lat: list[float] = []
+            serial = files
+            deadline = t1 + minutes * 60
+            next_sample = t1
+            while time.perf_counter() < deadline:
+                if time.perf_counter() >= next_sample:
+                    value = rss_bytes(pid)
+                    if value is not None:
+                        rss.append((time.perf_counter() - t1, value))
+                    next_sample += 5.0
+                action = rng.random()
+                serial += 1
+                if action < 0.25 and paths:
+                    rng.choice(paths).write_text(variant(functions, rng.randrange(10**6), "r"))
+                    counts["disk_rewrite"] += 1
+                elif action < 0.35:
+                    path = folder / f"d{rng.randrange(files // 50 + 1):04d}" / f"n{serial}.py"
+                    path.parent.mkdir(exist_ok=True)
+                    path.write_text(variant(functions, serial, tag="n"))
+                    paths.append(path)
+                    counts["disk_create"] += 1
+                elif action < 0.45 and len(paths) > files // 2:
+                    paths.pop(rng.randrange(len(paths))).unlink(missing_ok=True)
+                    counts["disk_delete"] += 1
+                elif action < 0.85:
+                    took, _ = await call("search", {"query": rng.choice(QUERIES), "limit": 10})
+                    lat.append(took)
+                    counts["search"] += 1
+                elif action < 0.95 and paths:
+                    path = rng.choice(paths)
+                    await call("similar", {"path": path.relative_to(folder).as_posix(),
+                                           "line": 1, "limit": 10})
+                    counts["similar"] += 1
+                else:
+                    await call("status", {})
+                    counts["status"] += 1
+                await asyncio.sleep(rng.uniform(0.2, 1.0))
+            elapsed = time.perf_counter() - t1
+            (folder / "final_marker.py").write_text(
+                "def soak_final_marker_quaternion_slerp(a, b, t):\n"
+                '    """Spherical linear interpolation between two quaternions."""\n'
+                "    return a * (1 - t) + b * t\n")
+            t = time.perf_counter()
+            _, found = await call("search", {"query": "spherical linear interpolation "
+                                                      "quaternions", "limit": 5})
+            converged_s = time.perf_counter() - t if found and found["hits"] and \
+                found["hits"][0]["symbol"] == "soak_final_marker_quaternion_slerp" else None
+            _, status = await call("status", {})
+        return {
+            "mode": "soak-mcp", "files": files, "minutes_run": round(elapsed / 60, 2),
+            "actions": counts, "search": latency(lat), "errors": errors,
+            "converged_s": None if converged_s is None else round(converged_s, 1),
+            **rss_summary(rss, elapsed),
+            "final_status": {k: v for k, v in (status["folders"][0] if status else {}).items()
                              if isinstance(v, (int, float, str, type(None)))},
             "load_average": list(os.getloadavg()),
         }
@@ -403,7 +538,7 @@ def soak_failures(result: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("scale", "soak"))
+    parser.add_argument("mode", choices=("scale", "soak", "soak-mcp"))
     parser.add_argument("--model", help="model directory (default: the embedded model)")
     parser.add_argument("--files", type=int, help="files in the workspace "
                         "(default: 100000 for scale, 300 for soak)")
@@ -417,8 +552,9 @@ def main() -> None:
                                        threads=args.threads, workdir=args.workdir))
         failures = [f"{len(result['errors'])} search errors"] if result["errors"] else []
     else:
-        result = asyncio.run(run_soak(args.model, args.minutes or 30, args.files or 300,
-                                      threads=args.threads, workdir=args.workdir))
+        run = run_soak if args.mode == "soak" else run_soak_mcp
+        result = asyncio.run(run(args.model, args.minutes or 30, args.files or 300,
+                                 threads=args.threads, workdir=args.workdir))
         failures = soak_failures(result)
     result["failures"] = failures
     if args.json:

@@ -64,6 +64,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"expected one of {', '.join(LOG_LEVELS)}",
                                      param_hint="--log-level")
         _logging(log_level, log_file)
+        from .service.memory import limit_allocator_arenas
+
+        limit_allocator_arenas()  # before any worker thread: see mose_lsp/service/memory.py
         settings, warnings = Settings.from_dict({
             "model": str(model) if model else None,
             "index_dir": str(index_dir) if index_dir else None,

@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 from .. import __version__
 from ..errors import MoseError
 from ..service import Service, ServiceHit
+from ..service.memory import trim
 from ..service.types import FolderStatus, ReindexResult
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,7 @@ class MoseMcp:
                     break
                 if done == 0:
                     break
+            trim()  # idle: hand freed heap back to the system
 
     # -- calls
 
