@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 EXT = REPO / "editors" / "vscode"
 NPM = shutil.which("npm")
 
-pytestmark = pytest.mark.skipif(
-    NPM is None, reason="npm is not installed: Node.js 20+ with npm builds the VS Code extension")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(  # npm ci
+    NPM is None, reason="npm is not installed: Node.js 20+ with npm builds the VS Code extension")]
 
 
 def npm(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> str:
@@ -92,3 +92,38 @@ def test_vsix_packages(built):
     assert {"mose.searchWorkspace", "mose.findSimilar", "mose.findSimilarReferences",
             "mose.restart"} <= commands
     assert "mose.trace.server" in manifest["contributes"]["configuration"]["properties"]
+
+
+def _node(built_module: str, expression: str) -> str:
+    node = shutil.which("node") or pytest.skip("node is not installed")
+    code = f"const m = require({json.dumps(str(EXT / 'out' / built_module))}); " \
+           f"process.stdout.write(JSON.stringify({expression}));"
+    proc = subprocess.run([node, "-e", code], capture_output=True, text=True, timeout=60,
+                          check=True)
+    return json.loads(proc.stdout)
+
+
+def test_synced_files_are_the_ones_the_server_indexes(built):
+    from mose_lsp import languages
+
+    exts = _node("languages.js", "m.EXTENSIONS")
+    names = _node("languages.js", "m.FILE_NAMES")
+    assert sorted(exts) == sorted(languages._EXTENSIONS)
+    assert sorted(names) == sorted(languages._FILE_NAMES)
+
+
+def test_the_extension_finds_indexes_where_the_server_keeps_them(built, tmp_path):
+    from mose_lsp.store import default_index_dir
+
+    folder = tmp_path / "My Project.v2"
+    folder.mkdir()
+    cache = tmp_path / "cache"
+    ctx = {"platform": "linux", "env": {"XDG_CACHE_HOME": str(cache)}, "home": str(tmp_path)}
+    found = _node("startPolicy.js", f"m.indexPath({json.dumps(str(folder))}, {json.dumps(ctx)})")
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    expected = subprocess.run(
+        [sys.executable, "-c", "import sys; from mose_lsp.store import default_index_dir; "
+         "print(default_index_dir(sys.argv[1]))", str(folder)],
+        env=env, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    assert found == expected
+    assert default_index_dir(folder).name == Path(expected).name

@@ -21,14 +21,30 @@ import { Command } from './protocol';
 import { showInReferences } from './referencesView';
 import { incompleteNote, type ResultItem, toItems } from './results';
 import { INSTALL_COMMAND, resolveServer, serverArgs } from './serverPath';
-import { configurationItems, didChangeConfigurationParams, initializationOptions, needsRestart, type PathContext } from './settings';
+import { documentSelector } from './languages';
+import { configurationItems, didChangeConfigurationParams, expandPath, initializationOptions, needsRestart, type PathContext } from './settings';
+import { startAtStartup } from './startPolicy';
 import { isSettling, ProgressTracker, statusView } from './status';
 
 let current: MoseExtension | undefined;
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   current = new MoseExtension(context);
-  await current.start();
+  // Start now only for projects (a repository, a .moseignore, an existing index); any other
+  // folder gets a server (and a first index) on the first mose command.
+  const indexDir = config().get<string | null>('indexDir');
+  const folders = (vscode.workspace.workspaceFolders ?? []).filter((f) => f.uri.scheme === 'file').map((f) => f.uri.fsPath);
+  const ctx = {
+    platform: process.platform,
+    env: process.env,
+    home: os.homedir(),
+    indexDir: typeof indexDir === 'string' && indexDir.trim() !== '' ? expandPath(indexDir, pathContext()) : null,
+  };
+  if (startAtStartup(folders, ctx, (file) => fs.existsSync(file))) {
+    await current.start();
+  } else {
+    current.idle();
+  }
 }
 
 export async function deactivate(): Promise<void> {
@@ -116,7 +132,7 @@ class MoseExtension implements vscode.Disposable {
       args: serverArgs(config().get<string[]>('server.args')),
     };
     const clientOptions: LanguageClientOptions = {
-      documentSelector: [{ scheme: 'file' }],
+      documentSelector: documentSelector(),
       outputChannel: this.output,
       initializationOptions: () => initializationOptions(config(), pathContext()),
       middleware: {
@@ -185,7 +201,9 @@ class MoseExtension implements vscode.Disposable {
       return;
     }
     if (needsRestart((section) => e.affectsConfiguration(section))) {
-      void this.restart();
+      if (this.client !== undefined) {
+        void this.restart();
+      }
       return;
     }
     const client = this.client;
@@ -198,7 +216,21 @@ class MoseExtension implements vscode.Disposable {
     }
   }
 
+  /** The status bar before the server runs (a folder that is not a project). */
+  idle(): void {
+    this.setStatus({ text: '$(search) mose', tooltip: 'mose starts on the first MoSE command in this window.', severity: 'ok' });
+  }
+
+  /** Start the server if it is not running yet (the first mose command in a window that
+   *  did not start it at start-up). */
+  private async ensureStarted(): Promise<void> {
+    if (this.client === undefined) {
+      await this.start();
+    }
+  }
+
   private async execute<T>(command: string, arg: object | undefined, token?: vscode.CancellationToken): Promise<T> {
+    await this.ensureStarted();
     const client = this.client;
     if (client === undefined || !client.isRunning()) {
       throw new Error("The mose server is not running (see 'MoSE: Restart Server' and the MoSE output).");
@@ -236,6 +268,9 @@ class MoseExtension implements vscode.Disposable {
     if (this.pollTimer !== undefined) {
       clearTimeout(this.pollTimer);
       this.pollTimer = undefined;
+    }
+    if (this.client === undefined) {
+      return; // not started (yet): a status poll never starts the server
     }
     let status: StatusResponse;
     try {

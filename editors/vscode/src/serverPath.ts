@@ -5,7 +5,9 @@ import * as path from 'node:path';
 
 import { expandPath } from './settings';
 
-export const INSTALL_COMMAND = 'pip install mose';
+// mose is installed from a clone of its repository (or a wheel built from it): it is not on
+// the package index. The placeholder path is the clone's folder.
+export const INSTALL_COMMAND = 'pipx install /path/to/mose';
 
 export interface ResolveContext {
   platform: string; // process.platform
@@ -106,7 +108,7 @@ export function resolveServer(configured: string | undefined, ctx: ResolveContex
     tried,
     message:
       `The mose server was not found on PATH or in the workspace's virtual environment. ` +
-      `Install it with '${INSTALL_COMMAND}' (in the workspace's .venv or globally), or set mose.server.path.`,
+      `Install it from a clone of the mose repository with '${INSTALL_COMMAND}' (or 'uv tool install /path/to/mose', or 'pip install /path/to/mose' into the workspace's .venv), or set mose.server.path.`,
   };
 }
 

@@ -77,7 +77,7 @@ describe('resolveServer', () => {
     assert.equal(r.ok, false);
     if (!r.ok) {
       assert.ok(r.message.includes(INSTALL_COMMAND), r.message);
-      assert.equal(INSTALL_COMMAND, 'pip install mose');
+      assert.equal(INSTALL_COMMAND, 'pipx install /path/to/mose');
       assert.ok(r.tried.includes('/home/me/proj/.venv/bin/mose'));
       assert.ok(r.tried.includes('/usr/bin/mose'));
     }
