@@ -336,6 +336,7 @@ class WorkspaceIndex:
                 break
             with self.writing("scan", wait_s):
                 at = self._scan_batch(changed, at, gone, report, progress, cancel)
+            self.lock.yield_if_wanted()
         if gone and not (cancel is not None and cancel.is_set()):
             with self.writing("scan", wait_s):
                 for rel in gone:  # still gone, and not renamed meanwhile by another process
@@ -458,6 +459,7 @@ class WorkspaceIndex:
                                             background=True)
                 self.store.put_vectors(exit_layer, [c.chunk_id for c in batch], vectors)
             done += len(batch)
+            self.lock.yield_if_wanted()
         return done
 
     def fill_deep(self, max_chunks: int = 256, cancel: threading.Event | None = None,

@@ -7,6 +7,7 @@ server never call it on their event loop). See the package docstring for the API
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 # committed index (and says an update is in progress). A batch holds the lock for a few
 # seconds at most; a query should not wait that long.
 FRESH_WAIT_S = 1.0
+OWN_STEP_WAIT_S = 60.0  # ... and for a step of this process's own background work
 SIMILAR_EXTRA = 8  # more hits asked of the searcher, since the query's own code is dropped
 SKIPPED_LISTED = 200
 
@@ -98,7 +100,13 @@ class Workspace:
         the last committed index."""
         started = time.perf_counter()
         try:
-            report = self.index.scan(wait_s=wait_s)
+            try:
+                report = self.index.scan(wait_s=wait_s)
+            except LockBusy as busy:
+                if busy.owner is None or busy.owner.pid != os.getpid():
+                    raise
+                # Our own background step (the deep pass) holds it: one short step, wait.
+                report = self.index.scan(wait_s=OWN_STEP_WAIT_S)
         except LockBusy as busy:
             owner = busy.owner
             return Freshness(self.root, seconds=time.perf_counter() - started,

@@ -17,7 +17,9 @@ Where the lock is held (``indexer.WorkspaceIndex``): opening the store (schema, 
 repairing the vector index files), each batch of a scan (re-checked against the store after
 the lock is taken, so what another process indexed meanwhile is not embedded again), each
 file-event batch and buffer update, each step of the deep pass, saving the vector indexes.
-It is released between batches, so several clients take turns and none waits long.
+It is released between batches, so several clients take turns and none waits long: a waiting
+process touches ``writer.want``, and a holder looping over batches steps aside for a moment
+when it sees a fresh touch (flock itself is not fair).
 
 Local file systems only: flock over NFS is emulated with byte-range locks on Linux (fine) and
 may not be supported elsewhere; the lock then fails with an error that says so.
@@ -38,6 +40,9 @@ from pathlib import Path
 from ..errors import MoseError
 
 LOCK_NAME = "writer.lock"
+WANT_NAME = "writer.want"  # touched by waiting processes: holders in a loop step aside
+WANT_FRESH_S = 0.5  # a touch this recent means someone is waiting now
+YIELD_S = 0.15  # how long a looping holder steps aside (longer than a waiter's poll)
 _POLL_FIRST_S = 0.005  # first wait between two tries; doubles up to _POLL_MAX_S
 _POLL_MAX_S = 0.1
 
@@ -153,6 +158,27 @@ class WriterLock:
         return self._mutex.acquire(timeout=remaining) if remaining > 0 \
             else self._mutex.acquire(blocking=False)
 
+    def yield_if_wanted(self) -> bool:
+        """Step aside briefly if another process is waiting for the lock (call between two
+        holds in a loop, such as the batches of a scan or of the deep pass): flock is not
+        fair, and a holder that takes it again at once would starve a polling waiter."""
+        try:
+            age = time.time() - (self.index_dir / WANT_NAME).stat().st_mtime
+        except OSError:
+            return False
+        if 0 <= age < WANT_FRESH_S:
+            time.sleep(YIELD_S)
+            return True
+        return False
+
+    def _want(self) -> None:
+        try:
+            path = self.index_dir / WANT_NAME
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.utime(path)
+        except OSError:
+            pass  # only a hint
+
     def _take_flock(self, what: str, started: float, deadline: float | None) -> None:
         fd = self._open()
         pause = _POLL_FIRST_S
@@ -166,6 +192,7 @@ class WriterLock:
                         raise MoseError(
                             f"cannot lock {self.path} ({err.strerror or err}); the index folder "
                             "must be on a local file system that supports flock") from err
+                self._want()
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     raise LockBusy(self.index_dir, self._read_owner(fd), now - started)
