@@ -22,6 +22,8 @@ from mose_training.recipes.common import load_config
 from mose_training.recipes.finetune import FinetuneConfig, FinetuneRecipe
 from test_recipes import CONFIGS, STDLIB, mine_pairs
 
+pytestmark = pytest.mark.slow  # torchrun, two processes
+
 # Run by each rank: train, then record this rank's view of the model and its losses.
 DRIVER = '''
 import hashlib, json, sys

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import make_workspace
 
+pytestmark = pytest.mark.slow  # headless Neovim
+
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "editors" / "nvim"
 

@@ -28,6 +28,8 @@ from mose_lsp.encoder import ModelEncoder
 from mose_lsp.errors import ModelDirError
 from mose_lsp.model_dir import load_model_dir, write_manifest
 
+pytestmark = pytest.mark.slow  # ONNX exports
+
 # Inputs the exporter's own parity check does not use (independent of export/inputs.py).
 CODE = [
     "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a",

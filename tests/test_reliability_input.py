@@ -390,6 +390,7 @@ def test_fuzzed_command_arguments_answer_result_or_error(served, name, args):
     served.command("mose.status")  # still answering
 
 
+@pytest.mark.slow
 def test_burst_of_10000_file_events_stays_responsive_and_converges(tmp_path, model_path):
     ws = make_workspace(tmp_path / "ws")
     server = Served(ws, tmp_path / "idx", model_path, watcher="watchdog")

@@ -21,7 +21,8 @@ from pygls.exceptions import JsonRpcException
 from pygls.uris import from_fs_path
 from pytest_lsp import ClientServerConfig, LanguageClient, make_test_lsp_client
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.slow,  # the server as a subprocess
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 ROMAN_DISK = '''\
 def roman_to_int(numeral: str) -> int:

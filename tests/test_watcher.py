@@ -1,4 +1,9 @@
-"""The debouncer, the path batcher and the watchdog folder watcher (no LSP, no model)."""
+"""The debouncer, the path batcher and the watchdog folder watcher (no LSP, no model).
+
+Timers and file events are awaited by polling with a deadline (:func:`eventually`), never by a
+fixed sleep that a loaded machine could outrun; the delays are long next to a loop turn, so
+that a slow machine delays a test rather than failing it.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,24 @@ from mose_lsp.config import Settings
 from mose_lsp.watcher import FolderWatcher, KeyedDebouncer, PathBatcher, is_ignore_file
 
 
+async def eventually(condition, timeout: float = 10.0, what: str = "the condition") -> None:
+    """Poll ``condition()`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        await asyncio.sleep(0.01)
+
+
 async def test_debouncer_runs_only_the_latest_call_per_key():
     loop = asyncio.get_running_loop()
     calls: list[tuple[str, int]] = []
-    debouncer: KeyedDebouncer[str] = KeyedDebouncer(loop, 0.05)
+    debouncer: KeyedDebouncer[str] = KeyedDebouncer(loop, 0.3)
     for version in range(5):
         debouncer.schedule("a.py", lambda v=version: calls.append(("a.py", v)))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # a loop turn: far less than the delay
     debouncer.schedule("b.py", lambda: calls.append(("b.py", 0)))
     assert debouncer.pending() == 2 and debouncer.pending("a.py") == 1
-    await asyncio.sleep(0.15)
+    await eventually(lambda: len(calls) == 2, what="both keys firing")
     assert sorted(calls) == [("a.py", 4), ("b.py", 0)]  # stale versions were dropped
     assert debouncer.pending() == 0
 
@@ -44,7 +57,7 @@ async def test_debouncer_cancel_and_async_jobs():
     # A per-call delay overrides the default (0: next loop turn), and close drops the rest.
     debouncer.schedule("z", lambda: ran.append("now"), 0.0)
     debouncer.schedule("w", lambda: ran.append("never"), 5.0)
-    await asyncio.sleep(0.01)
+    await eventually(lambda: "now" in ran, what="the zero-delay call")
     debouncer.close()
     assert ran == ["job", "now"] and debouncer.pending() == 0
 
@@ -56,25 +69,30 @@ async def test_batcher_coalesces_a_burst_into_one_batch():
     for i in range(2000):  # a `git checkout` touching 2000 files, some twice
         batcher.add([f"src/f{i % 1500}.py"])
     assert batcher.pending == 1500
-    await asyncio.sleep(0.1)
+    await eventually(lambda: batches, what="the batch")
     assert len(batches) == 1 and len(batches[0]) == 1500
     batcher.add(["later.py"])
-    await asyncio.sleep(0.1)
+    await eventually(lambda: len(batches) == 2, what="the second batch")
     assert batches[1] == {"later.py"} and batcher.batches == 2
 
 
 async def test_batcher_max_delay_bounds_a_steady_stream():
+    """A stream with no quiet moment of ``delay_s`` is still handed over, ``max_delay_s``
+    after its first path: the batch arrives while the stream goes on."""
     loop = asyncio.get_running_loop()
-    batches: list[tuple[float, set[str]]] = []
-    start = loop.time()
-    batcher = PathBatcher(loop, 0.05, 0.15, lambda b: batches.append((loop.time() - start, b)))
-    for i in range(20):  # an event every 20 ms for 0.4 s: never 50 ms of quiet
-        batcher.add([f"log{i}.py"])
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)
-    assert len(batches) >= 2
-    assert batches[0][0] < 0.3  # handed over during the stream, not after it
-    assert set().union(*(b for _, b in batches)) == {f"log{i}.py" for i in range(20)}
+    batches: list[set[str]] = []
+    batcher = PathBatcher(loop, 2.0, 2.5, batches.append)
+    added: set[str] = set()
+    deadline = time.monotonic() + 30.0
+    while not batches:  # an event every loop turn or so: never two seconds of quiet
+        assert time.monotonic() < deadline, "no batch while the stream went on"
+        added.add(f"log{len(added)}.py")
+        batcher.add([f"log{len(added) - 1}.py"])
+        await asyncio.sleep(0.01)
+    batcher.add(["last.py"])
+    added.add("last.py")
+    batcher.flush()
+    assert len(batches) >= 2 and set().union(*batches) == added
 
 
 async def test_batcher_flush_and_close():
@@ -98,7 +116,7 @@ def test_is_ignore_file():
     assert not is_ignore_file("gitignore.py")
 
 
-async def _collect(watcher_root, settings=None, delay=0.2, skip=()):
+async def _collect(watcher_root, settings=None, delay=0.5, skip=()):
     """A real watchdog watcher feeding a batcher; returns (watcher, batches, stop)."""
     loop = asyncio.get_running_loop()
     batches: list[set[str]] = []
@@ -108,11 +126,11 @@ async def _collect(watcher_root, settings=None, delay=0.2, skip=()):
     return watcher, batches
 
 
-async def _wait_batches(batches, n=1, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while len(batches) < n and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)  # anything late would show up as another batch
+async def _wait_batches(batches, n=1, timeout=20.0, settle=0.5):
+    """Until ``n`` batches came (deadline ``timeout``), then ``settle`` more seconds: any
+    late event would show up as one more batch."""
+    await eventually(lambda: len(batches) >= n, timeout, f"{n} batch(es) of file events")
+    await asyncio.sleep(settle)
 
 
 async def test_watcher_reports_changes_and_honours_ignore_rules(tmp_path):
@@ -178,7 +196,7 @@ async def test_watcher_reports_folders_created_and_removed(tmp_path):
 async def test_watcher_a_checkout_of_many_files_is_one_batch(tmp_path):
     root = tmp_path / "ws"
     root.mkdir()
-    watcher, batches = await _collect(root, delay=0.3)
+    watcher, batches = await _collect(root, delay=1.0)
     try:
         for i in range(400):
             (root / f"m{i}.py").write_text(f"def f{i}():\n    return {i}\n")
