@@ -50,7 +50,8 @@ for i, job in enumerate(jobs):
         digest.update(state[key].detach().float().cpu().numpy().tobytes())
     record = {"world": recipe.dist.world_size, "digest": digest.hexdigest(),
               "losses": [h["loss"] for h in recipe.history],
-              "logged": [r["loss"] for r in recipe.metrics.records if "loss" in r]}
+              "logged": [r["loss"] for r in recipe.metrics.records if "loss" in r],
+              "evaluations": [e["mrr"] for e in getattr(recipe, "evaluations", [])]}
     name = f"{job['name']}-rank{recipe.dist.rank}.json"
     (out / name).write_text(json.dumps(record), encoding="utf-8")
     if i == len(jobs) - 1:  # one process group for every job
@@ -81,6 +82,22 @@ def read(tmp_path: Path, name: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
+def suite_dir(tmp_path_factory) -> Path:
+    """A small retrieval suite (docstring -> function) for evaluation during fine-tuning."""
+    rows = mine_pairs([STDLIB / "csv.py", *sorted((STDLIB / "email").glob("_*.py"))])[:40]
+    root = tmp_path_factory.mktemp("suite") / "stdlib-docs"
+    root.mkdir()
+    (root / "corpus.jsonl").write_text("".join(
+        json.dumps({"id": f"f{i}", "text": r["code"], "lang": "python"}) + "\n"
+        for i, r in enumerate(rows)), encoding="utf-8")
+    (root / "queries.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i}", "text": r["query"], "kind": "text", "lang": "",
+                    "relevant": [f"f{i}"]}) + "\n" for i, r in enumerate(rows)),
+        encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory) -> Path:
     files = sorted((STDLIB / "json").glob("*.py")) + sorted((STDLIB / "logging").glob("*.py"))
     rows = mine_pairs(files)
@@ -89,7 +106,7 @@ def pairs_file(tmp_path_factory) -> Path:
     return path
 
 
-def test_two_process_gloo_ddp_and_fsdp(tmp_path, pairs_file):
+def test_two_process_gloo_ddp_and_fsdp(tmp_path, pairs_file, suite_dir):
     corpus = [str(STDLIB / "json"), str(STDLIB / "logging")]
     pre = tmp_path / "pre"
     pretrain = {"name": "pretrain", "recipe": "pretrain", "config": str(CONFIGS / "tiny-pretrain.yaml"),
@@ -102,7 +119,8 @@ def test_two_process_gloo_ddp_and_fsdp(tmp_path, pairs_file):
         return [f"model={{family: mose-starcoder2, preset: tiny, tokenizer: {tokenizer}}}",
                 f"data.train=[{pairs_file}]", f"output_dir={out}", f"train.batch_size={batch}",
                 "train.max_steps=4", "train.log_every=1", f"train.distributed={how}",
-                "optim.lr=2e-3", "optim.warmup_steps=1"]
+                "optim.lr=2e-3", "optim.warmup_steps=1", f"eval.suites=[{suite_dir}]",
+                "eval.every=2", "eval.max_tokens=64"]
 
     jobs = [pretrain,
             {"name": "ddp", "recipe": "finetune", "config": str(CONFIGS / "tiny-finetune.yaml"),
@@ -138,3 +156,17 @@ def test_two_process_gloo_ddp_and_fsdp(tmp_path, pairs_file):
         gap = max((trained[k] - reference[k]).abs().max().item() for k in reference)
         print(name, "largest parameter difference to one process:", gap)
         assert gap < 1e-4, f"{name}: parameters differ from one process by {gap}"
+
+    # eval.suites during training (steps 2 and 4): scored on rank 0, every rank taking part
+    # (under FSDP, in the gathering of the shards); the same model gives the same scores.
+    suite = "stdlib-docs"
+    for name in ("ddp", "fsdp"):
+        main, other = read(tmp_path, name)
+        assert len(main["evaluations"]) == 2 and other["evaluations"] == []
+    fsdp_mrr = [e for e in read(tmp_path, "fsdp")[0]["evaluations"]]
+    ddp_mrr = [e for e in read(tmp_path, "ddp")[0]["evaluations"]]
+    for f_eval, d_eval in zip(fsdp_mrr, ddp_mrr):
+        (key,) = [k for k in f_eval if k.endswith(suite)]
+        for exit_name, value in f_eval[key].items():
+            assert 0 < value <= 1
+            assert value == pytest.approx(d_eval[key][exit_name], abs=0.02)

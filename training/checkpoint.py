@@ -48,6 +48,12 @@ def _family(kind: str):
     return getattr(import_module(module), name)
 
 
+def model_from_config(kind: str, config: dict[str, Any]):
+    """A new, freshly initialised model of family ``kind`` with ``config`` (load a state dict
+    into it next)."""
+    return _family(kind).from_config_dict(config)
+
+
 def save_checkpoint(model, path: str | Path, tokenizer_file: str | Path | None = None,
                     extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (a MultiExitEncoder) and its tokenizer to ``path``."""
@@ -90,7 +96,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu"):
         kind, config = meta["kind"], meta["config"]
     except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(f"{meta_path} is malformed: {err}") from err
-    model = _family(kind).from_config_dict(config)
+    model = model_from_config(kind, config)
     weights = root / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{root} has no {WEIGHTS_FILE}")

@@ -391,13 +391,28 @@ class FinetuneRecipe(common.Recipe):
     # -- evaluation --------------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, Any] | None:
-        """MRR (and the suite's other metrics) per exit on every suite; rank 0 only."""
+        """MRR (and the suite's other metrics) per exit on every suite, scored on rank 0.
+
+        Every rank must call it. Under FSDP each rank holds only shards of the encoder, and a
+        forward on one rank alone would wait forever for the others' all-gathers: the shards
+        are gathered on every rank first and rank 0 scores an unsharded copy."""
+        model = self.encoder
+        if self.dist.distributed and self.config.train.distributed == "fsdp":
+            state = common.full_state_dict(self.module, self.dist, "fsdp")  # every rank
+            model = None
+            if self.dist.is_main:
+                from ..checkpoint import model_from_config
+
+                model = model_from_config(self.encoder.kind, self.encoder.config_dict())
+                model.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items()})
+                model.to(self.dist.device).eval()
+            del state
         result = None
         if self.dist.is_main:
             from ..evaluation import evaluate_suites
 
             ec = self.config.eval
-            encoder = TorchEncoder(self.encoder, self.tokenizer_path, max_tokens=ec.max_tokens,
+            encoder = TorchEncoder(model, self.tokenizer_path, max_tokens=ec.max_tokens,
                                    batch_size=ec.batch_size, device=self.dist.device)
             result = {"step": self.step,
                       **evaluate_suites(encoder, ec.suites, max_queries=ec.max_queries)}
