@@ -18,8 +18,8 @@ CALL_TIMEOUT_S = 300  # a first call waits for the model and the first index
 
 
 def mcp_command(workspace: Path, index_dir: Path, model_path: Path, *extra: str) -> list[str]:
-    """How a client starts ``mose mcp`` (the module entry runs the same command)."""
-    return [sys.executable, "-m", "mose_lsp.mcp", "-w", str(workspace), "--index-dir",
+    """How a client starts ``mose mcp``."""
+    return [sys.executable, "-m", "mose_lsp", "mcp", "-w", str(workspace), "--index-dir",
             str(index_dir), "--model", str(model_path), "--threads", "1", *extra]
 
 

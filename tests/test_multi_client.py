@@ -119,7 +119,7 @@ class McpDriver(Driver):
 
     def spawn(self) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "mose_lsp.mcp", "-w", str(self.workspace), "--threads", "1"],
+            [sys.executable, "-m", "mose_lsp", "mcp", "-w", str(self.workspace), "--threads", "1"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=self.env, cwd=str(REPO))
 
