@@ -1,4 +1,4 @@
-"""Files -> chunks: the units of code that get embedded, stored and returned as hits.
+"""Cutting a file's text into chunks (``chunk_text``).
 
 A chunk is a contiguous slice of one file: ``chunk.text`` is exactly the file's UTF-8 bytes
 ``[start_byte, end_byte)``, decoded. Lines are 0-based and ``end_line`` is inclusive (the
@@ -38,32 +38,23 @@ Files with no parser are cut by the window splitter alone (kind "window"). In fi
 parse is mostly errors (``max_error_ratio``: macro-heavy C, a file in the wrong language) only
 the units that parsed cleanly are kept, and the rest is cut into "window" chunks.
 
-Which files are chunked at all is decided by ``chunk_file``/``chunk_source``: too large,
-binary, undecodable, minified, generated and unsupported files are skipped with a typed
-:class:`SkipReason` that ``mose status`` shows.
-
 Performance: one parse per file with a cached parser, one tree-sitter query for all units
 (the tree is walked in C), then work linear in the number of units and lines.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
-from pathlib import Path, PurePath, PurePosixPath
-from typing import Literal
+from pathlib import PurePath
 
 from tree_sitter import Node, QueryCursor
 
-from .errors import ConfigError
-from .languages import (
+from ..languages import (
     CLASS_LIKE_KINDS,
-    PROSE_LANGUAGES,
     LanguageSpec,
     Name,
     detect_language,
@@ -71,314 +62,7 @@ from .languages import (
     get_query,
     language_spec,
 )
-
-__all__ = [
-    "DEFAULT_LIMITS",
-    "Chunk",
-    "ChunkLimits",
-    "ChunkResult",
-    "SkipCode",
-    "SkipReason",
-    "chunk_file",
-    "chunk_source",
-    "chunk_text",
-    "content_hash",
-    "decode_source",
-]
-
-SkipCode = Literal[
-    "too-large", "binary", "minified", "generated", "unsupported", "unreadable", "invalid-encoding"
-]
-
-
-@dataclass(frozen=True)
-class SkipReason:
-    """Why a file has no chunks: ``code`` for programs, ``message`` for people."""
-
-    code: SkipCode
-    message: str
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One searchable slice of a file."""
-
-    path: str  # workspace-relative, "/"-separated
-    language: str  # language id (languages.py), "text" when unknown
-    symbol: str | None  # qualified name ("Parser.parse"); None for module code and windows
-    kind: str  # "function", "method", "class", "interface", "struct", "enum", "trait",
-    # "impl", "record", "union", "type", "macro", "property", "module" (module-level code,
-    # or a module/namespace unit when symbol is set), "window" (files without a parse)
-    start_line: int  # 0-based
-    end_line: int  # 0-based, inclusive
-    start_byte: int  # offset into the file's UTF-8 bytes
-    end_byte: int  # exclusive; text == bytes[start_byte:end_byte].decode()
-    text: str
-    content_hash: str  # content_hash(language, kind, symbol, text): stable across moves
-
-
-@dataclass(frozen=True)
-class ChunkResult:
-    """What ``chunk_file``/``chunk_source`` made of one file."""
-
-    chunks: tuple[Chunk, ...]
-    skipped: SkipReason | None = None  # set (and chunks empty) when the file is not indexed
-    language: str | None = None  # detected language id, when known
-
-
-@dataclass(frozen=True)
-class ChunkLimits:
-    """Sizes that decide how files are cut and which are skipped. One source of defaults."""
-
-    max_file_bytes: int = 1_048_576  # larger files are skipped ("too-large")
-    max_lines: int = 60  # a chunk spans at most this many lines ...
-    # ... and at most this many UTF-8 bytes (= characters in ASCII code; for other scripts
-    # bytes track model tokens better than characters do). A longer single line is cut.
-    max_chunk_bytes: int = 3_000
-    overlap_lines: int = 5  # lines repeated between consecutive windows of one unit
-    min_unit_lines: int = 2  # units with fewer non-blank lines stay with surrounding code
-    minified_line_chars: int = 1_000  # a file with a line longer than this ...
-    minified_avg_line_chars: int = 200  # ... and this average line length is "minified"
-    binary_sniff_bytes: int = 8_192  # a NUL byte among the first this many means "binary"
-    max_invalid_utf8_ratio: float = 0.05  # more replaced characters than this: "invalid-encoding"
-    max_error_ratio: float = 0.5  # parse errors on more of the lines: keep only clean units
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.max_file_bytes < 1:
-            problems.append("max_file_bytes must be at least 1")
-        if self.max_lines < 1:
-            problems.append("max_lines must be at least 1")
-        if self.max_chunk_bytes < 64:
-            problems.append("max_chunk_bytes must be at least 64")
-        if not 0 <= self.overlap_lines < self.max_lines:
-            problems.append("overlap_lines must be at least 0 and below max_lines")
-        if self.min_unit_lines < 0:
-            problems.append("min_unit_lines must be at least 0")
-        if self.minified_line_chars < 1 or self.minified_avg_line_chars < 1:
-            problems.append("minified_line_chars and minified_avg_line_chars must be positive")
-        if self.binary_sniff_bytes < 0:
-            problems.append("binary_sniff_bytes must be at least 0")
-        if not 0.0 <= self.max_invalid_utf8_ratio <= 1.0:
-            problems.append("max_invalid_utf8_ratio must be between 0 and 1")
-        if not 0.0 <= self.max_error_ratio <= 1.0:
-            problems.append("max_error_ratio must be between 0 and 1")
-        if problems:
-            raise ConfigError("invalid chunker limits: " + "; ".join(problems))
-
-
-DEFAULT_LIMITS = ChunkLimits()
-
-
-def content_hash(language: str, kind: str, symbol: str | None, text: str) -> str:
-    """Hex digest identifying a chunk's content (not its place): equal content, equal hash."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{language}\0{kind}\0{symbol or ''}\0".encode())
-    digest.update(text.encode("utf-8"))
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------------------
-# Skipping files
-
-# Lockfiles and other files that tools write; their names are enough.
-_GENERATED_NAMES = frozenset(
-    {
-        "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml", "bun.lock",
-        "bun.lockb", "Cargo.lock", "poetry.lock", "Pipfile.lock", "uv.lock", "pdm.lock",
-        "composer.lock", "Gemfile.lock", "go.sum", "go.work.sum", "flake.lock", "mix.lock",
-        "Package.resolved", "packages.lock.json", "pubspec.lock", "Podfile.lock",
-        "gradle.lockfile", "conda-lock.yml",
-    }
-)  # fmt: skip
-_GENERATED_SUFFIXES = (
-    ".min.js", ".min.mjs", ".min.cjs", ".min.css", "-min.js", ".bundle.js", ".pb.go",
-    ".pb.gw.go", ".pb.cc", ".pb.h", "_pb2.py", "_pb2.pyi", "_pb2_grpc.py", ".pb.swift",
-    ".pb.rs", ".g.dart", ".freezed.dart", ".designer.cs", ".g.cs", ".g.i.cs",
-)  # fmt: skip
-# Generators announce themselves in the file's header comment: the comment lines at the top,
-# before any code or docstring (after a "#!" line and blank lines). Only that header counts,
-# and only statements generators write, not any mention of the words (a docstring saying
-# "helpers for auto-generated forms" is hand-written code).
-_GENERATED_HEADER_LINES = 40  # how far the header may run (licence blocks come first)
-_GENERATED_MARKER = re.compile(
-    r"@generated\b|\bDO NOT EDIT\b|\bDO NOT MODIFY\b|<auto-?generated\b"
-    r"|\b(?:auto-?generated|automatically generated|generated automatically|code generated"
-    r"|generated)\s+(?:by|from|with|using)\b"
-    r"|\b(?:this|the)\s+(?:file|code|module|source)\s+(?:is|was|has been)\s+"
-    r"(?:auto-?generated|automatically generated|generated)\b",
-    re.IGNORECASE,
-)
-_COMMENT_LEADERS = ("#", "//", "/*", "*", "--", "<!--", ";", "%", "{-", "(*")
-
-
-def _generated_name(path: str) -> str | None:
-    name = PurePosixPath(path).name
-    if name in _GENERATED_NAMES:
-        return f"{name} is a lockfile"
-    lower = name.lower()
-    for suffix in _GENERATED_SUFFIXES:
-        if lower.endswith(suffix):
-            return f"*{suffix} files are generated"
-    return None
-
-
-def _generated_marker(text: str) -> str | None:
-    """A generator's marker in the header comment (see ``_GENERATED_MARKER``), if any."""
-    lines = text.split("\n", _GENERATED_HEADER_LINES)[:_GENERATED_HEADER_LINES]
-    in_block = False  # inside a /* ... */ or <!-- ... --> comment
-    for number, line in enumerate(lines):
-        stripped = line.strip()
-        if not stripped or (number == 0 and stripped.startswith("#!")):
-            continue
-        if not in_block and not stripped.startswith(_COMMENT_LEADERS):
-            return None  # the first code (or docstring) line ends the header
-        match = _GENERATED_MARKER.search(stripped)
-        if match:
-            return f"marker {match.group(0)!r} on line {number + 1}"
-        if stripped.startswith(("/*", "<!--")):
-            in_block = "*/" not in stripped and "-->" not in stripped
-        elif in_block and ("*/" in stripped or "-->" in stripped):
-            in_block = False
-    return None
-
-
-def _minified(text: str, limits: ChunkLimits) -> str | None:
-    lines = text.split("\n")
-    longest = max(map(len, lines))
-    average = len(text) / len(lines)
-    if longest > limits.minified_line_chars and average > limits.minified_avg_line_chars:
-        return f"longest line {longest:,} characters, average {average:,.0f}"
-    return None
-
-
-def decode_source(raw: bytes, limits: ChunkLimits = DEFAULT_LIMITS) -> str | SkipReason:
-    """Decode a file's bytes to text, or say why it cannot be indexed.
-
-    UTF-8 (a BOM is dropped); UTF-16 with a BOM; otherwise UTF-8 with invalid bytes replaced
-    by U+FFFD when at most ``max_invalid_utf8_ratio`` of the characters are replaced.
-    Chunk byte offsets refer to the UTF-8 encoding of the returned text, which is the file
-    itself for valid UTF-8 without a BOM.
-    """
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        try:
-            return raw.decode("utf-16")
-        except UnicodeDecodeError as err:
-            return SkipReason("invalid-encoding", f"invalid UTF-16 despite its BOM ({err.reason})")
-    if b"\0" in raw[: limits.binary_sniff_bytes]:
-        return SkipReason(
-            "binary",
-            f"binary file (NUL byte in the first {len(raw[: limits.binary_sniff_bytes]):,} bytes)",
-        )
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    text = raw.decode("utf-8", errors="replace")
-    replaced = text.count("\ufffd") - raw.count("\ufffd".encode())
-    ratio = replaced / max(1, len(text))
-    if ratio > limits.max_invalid_utf8_ratio:
-        return SkipReason(
-            "invalid-encoding",
-            f"not UTF-8: {replaced:,} undecodable characters ({ratio:.0%} of the text)",
-        )
-    return text
-
-
-def chunk_source(
-    path: str | PurePath,
-    text: str,
-    limits: ChunkLimits = DEFAULT_LIMITS,
-    language: str | None = None,
-) -> ChunkResult:
-    """Apply the content skip rules to ``text`` (a file's content or an unsaved buffer),
-    then chunk it. ``path`` is workspace-relative; ``language`` overrides detection."""
-    rel = _posix(path)
-    lang = language or detect_language(rel, text[:8192])
-    if lang is None:
-        return ChunkResult((), _unsupported(rel))
-    reason = _generated_name(rel) or _generated_marker(text)
-    if reason:
-        return ChunkResult((), SkipReason("generated", f"generated file: {reason}"), lang)
-    size = len(text.encode("utf-8", errors="replace"))
-    if size > limits.max_file_bytes:
-        return ChunkResult((), _too_large(size, limits), lang)
-    if lang not in PROSE_LANGUAGES and text:
-        reason = _minified(text, limits)
-        if reason:
-            return ChunkResult((), SkipReason("minified", f"minified file: {reason}"), lang)
-    return ChunkResult(tuple(chunk_text(rel, text, lang, limits)), None, lang)
-
-
-def chunk_file(
-    root: str | os.PathLike[str],
-    path: str | os.PathLike[str],
-    limits: ChunkLimits = DEFAULT_LIMITS,
-) -> ChunkResult:
-    """Read and chunk one file of the workspace at ``root``.
-
-    ``path`` is absolute or relative to ``root`` and must lie inside it. Never raises for
-    file problems: they come back as ``ChunkResult.skipped``.
-    """
-    root_path = Path(root)
-    full = Path(path) if Path(path).is_absolute() else root_path / path
-    rel = os.path.relpath(full, root_path)
-    if rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep):
-        raise ValueError(f"{full} is not inside the workspace {root_path}")
-    rel = PurePath(rel).as_posix()
-    reason = _generated_name(rel)
-    if reason:
-        return ChunkResult((), SkipReason("generated", f"generated file: {reason}"))
-    language = detect_language(rel)
-    if language is None and PurePosixPath(rel).suffix:
-        return ChunkResult((), _unsupported(rel))  # extensionless files may have a "#!" line
-    try:
-        size = full.stat().st_size
-        if not full.is_file():
-            return ChunkResult((), SkipReason("unreadable", "not a regular file"), language)
-        if size > limits.max_file_bytes:
-            return ChunkResult((), _too_large(size, limits), language)
-        with full.open("rb") as handle:
-            raw = handle.read(limits.max_file_bytes + 1)
-    except OSError as err:
-        return ChunkResult(
-            (), SkipReason("unreadable", f"cannot read: {err.strerror or err}"), language
-        )
-    if len(raw) > limits.max_file_bytes:
-        return ChunkResult((), _too_large(len(raw), limits), language)
-    text = decode_source(raw, limits)
-    if isinstance(text, SkipReason):
-        return ChunkResult((), text, language)
-    return chunk_source(rel, text, limits)  # detects again with the head: "#!", C++ ".h"
-
-
-def _unsupported(path: str) -> SkipReason:
-    suffix = PurePosixPath(path).suffix
-    what = f"'{suffix}' files" if suffix else "files without a known extension or #! line"
-    return SkipReason("unsupported", f"unsupported file type: {what} are not indexed")
-
-
-def _too_large(size: int, limits: ChunkLimits) -> SkipReason:
-    return SkipReason(
-        "too-large",
-        f"file is {_size(size)}, over the {_size(limits.max_file_bytes)} limit (max_file_bytes)",
-    )
-
-
-def _size(n: int) -> str:
-    if n >= 1_000_000:
-        return f"{n / 1e6:.1f} MB"
-    return f"{n / 1e3:.1f} kB" if n >= 1_000 else f"{n} bytes"
-
-
-def _posix(path: str | PurePath) -> str:
-    return str(path).replace("\\", "/")
-
-
-# --------------------------------------------------------------------------------------
-# Chunking text
+from .records import DEFAULT_LIMITS, Chunk, ChunkLimits, content_hash, posix_path
 
 
 def chunk_text(
@@ -397,7 +81,7 @@ def chunk_text(
         data = text.encode("utf-8")
     except UnicodeEncodeError:
         data = _SURROGATE.sub("\ufffd", text).encode("utf-8")
-    rel = _posix(path)
+    rel = posix_path(path)
     lang = language or detect_language(rel, text[:8192]) or "text"
     cutter = _Cutter(_Source(data), rel, lang, limits)
     spec = language_spec(lang)
