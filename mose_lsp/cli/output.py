@@ -44,6 +44,12 @@ def error_code(err: BaseException) -> str:
                       (StoreError, "index"), (ConfigError, "config")):
         if isinstance(err, cls):
             return name
+    # The service's errors, by name: importing the service here would load the engine.
+    names = {c.__name__ for c in type(err).__mro__}
+    if "LockBusy" in names:
+        return "busy"
+    if "ServiceError" in names:
+        return "invalid-request"
     return "error"
 
 
