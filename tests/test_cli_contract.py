@@ -279,3 +279,24 @@ def test_ctrl_c_stops_after_the_batch_keeps_the_work_and_the_next_run_resumes(tm
     report = json.loads(again.stdout)
     assert report["run"]["interrupted"] is False
     assert report["index"]["deep_coverage"] == 1.0
+
+
+# ------------------------------------------------------------------------------ similar
+
+LONG_FUNCTION = "def send_report(rows, out):\n" + "".join(
+    f"    total_{i} = sum(r[{i % 7}] for r in rows)\n    out.write(f'{{total_{i}}}\\n')\n"
+    for i in range(60)) + "    return out\n"
+
+
+def test_similar_leaves_out_the_query_symbol_unless_asked(capsys, tmp_path, cache):
+    ws = make_workspace(tmp_path / "ws")
+    (ws / "report.py").write_text(LONG_FUNCTION)
+    assert mose(capsys, "index", str(ws), "-q")[0] == 0
+    target = f"{ws / 'report.py'}:30"
+    code, out, _ = mose(capsys, "similar", target, "--json", "-k", "20")
+    hits = json.loads(out)["hits"]
+    assert code == 0 and hits
+    assert not [h for h in hits if h["path"] == "report.py" and h["symbol"] == "send_report"]
+    code, out, _ = mose(capsys, "similar", target, "--json", "-k", "20", "--keep-own")
+    kept = [h for h in json.loads(out)["hits"] if h["symbol"] == "send_report"]
+    assert code == 0 and len(kept) >= 2  # the window at line 30 and its sibling windows

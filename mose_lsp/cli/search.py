@@ -129,10 +129,9 @@ def similar_command(
     ws.require_index()
     service, folder = open_service(ws, model, threads)
     try:
-        kwargs = {"keep_own": True} if keep_own else {}
         result = service.similar(path=ws.root / rel, start_line=start, end_line=end, limit=k,
                                  languages=tuple(lang or ()), path_glob=path_glob, fresh=update,
-                                 **kwargs)
+                                 keep_own=keep_own)
     finally:
         service.close()
     _freshness_notes(result)
