@@ -89,6 +89,8 @@ def mcp_command(
     try:
         from .server import serve
     except ImportError as err:  # the SDK is a runtime dependency; a broken install lacks it
+        if not (err.name or "").split(".")[0] in ("mcp", "mcp_types", "pydantic", "anyio"):
+            raise
         from ..errors import MoseError
 
         raise MoseError(f"'mose mcp' needs the MCP SDK ({err}); install it with: "
