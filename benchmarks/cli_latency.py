@@ -1,0 +1,114 @@
+"""One-shot CLI latency: process start to output for `mose search`, `similar` and `status`.
+
+    python benchmarks/cli_latency.py [--corpus .bench/workspace] [--subset python/flask-3.1.0]
+                                     [--runs 20] [--json out.json]
+
+Copies the workspace benchmark's corpus (``benchmarks/corpus.py``) to a scratch folder outside
+any git repository, indexes it once (deep pass included, not timed), then runs each command
+``--runs`` times as a fresh process (``python -m mose_lsp``, as the ``mose`` script does) and
+times it from spawn to exit with its output read. Prints p50/p95 per command in ms, and
+``mose --version`` as the floor (interpreter start). ``--subset`` takes one folder of the
+corpus as the workspace (``python/flask-3.1.0``: a Flask-sized one).
+
+To time another checkout of the code with the same environment, put it first on PYTHONPATH:
+``PYTHONPATH=/path/to/checkout python benchmarks/cli_latency.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+QUERY = "send a file to the client with a download name"
+SIMILAR_FILE = "python/flask-3.1.0/src/flask/helpers.py"  # send_file
+SIMILAR_LINE = 405
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _run(cmd: list[str], env: dict, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, check=False)
+    elapsed = (time.perf_counter() - started) * 1000
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+    return elapsed, proc
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", type=Path, default=Path(".bench/workspace"))
+    p.add_argument("--subset", default="", help="one folder of the corpus as the workspace "
+                   f"(it must hold {SIMILAR_FILE})")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="scratch folder (default: a temporary one, removed afterwards)")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    if args.subset and not SIMILAR_FILE.startswith(args.subset.rstrip("/") + "/"):
+        raise SystemExit(f"--subset must be a folder holding {SIMILAR_FILE}")
+    if not (args.corpus / SIMILAR_FILE).is_file():
+        raise SystemExit(f"{args.corpus} has no {SIMILAR_FILE}: fetch the corpus first with "
+                         f"'python benchmarks/corpus.py --dest {args.corpus}'")
+    scratch = args.workdir or Path(tempfile.mkdtemp(prefix="mose-cli-latency-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        result = _bench(args, scratch.resolve())
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def _bench(args, scratch: Path) -> dict:
+    ws, idx = scratch / "workspace", scratch / "index"
+    similar_file = SIMILAR_FILE
+    source = args.corpus
+    if args.subset:
+        source = args.corpus / args.subset
+        similar_file = SIMILAR_FILE[len(args.subset.rstrip("/")) + 1:]
+    if not ws.exists():
+        shutil.copytree(source, ws)
+    env = {**os.environ, "COLUMNS": "120"}
+    mose = [sys.executable, "-m", "mose_lsp"]
+    common = ["--index-dir", str(idx), "--threads", str(args.threads)]
+    started = time.perf_counter()
+    _run([*mose, "index", str(ws), *common], env, scratch)
+    index_s = time.perf_counter() - started
+    commands = {
+        "version": ["--version"],
+        "search": ["search", QUERY, "-w", str(ws), *common, "-k", "10"],
+        "similar": ["similar", f"{ws / similar_file}:{SIMILAR_LINE}", "-w", str(ws), *common,
+                    "-k", "10"],
+        "status": ["status", "-w", str(ws), "--index-dir", str(idx)],
+    }
+    out: dict = {"corpus": str(args.corpus), "subset": args.subset, "runs": args.runs, "python": platform.python_version(),
+                 "cpus": os.cpu_count(), "files": sum(1 for f in ws.rglob("*") if f.is_file()),
+                 "index_seconds": round(index_s, 1), "commands": {}}
+    for name, extra in commands.items():
+        _run([*mose, *extra], env, scratch)  # warm the OS file cache, not the process
+        times = [_run([*mose, *extra], env, scratch)[0] for _ in range(args.runs)]
+        out["commands"][name] = {"p50_ms": round(_pct(times, 0.5), 1),
+                                 "p95_ms": round(_pct(times, 0.95), 1),
+                                 "argv": ["mose", *extra]}
+        print(f"{name:8s} p50 {out['commands'][name]['p50_ms']:7.1f} ms  "
+              f"p95 {out['commands'][name]['p95_ms']:7.1f} ms", file=sys.stderr)
+    return out
+
+
+if __name__ == "__main__":
+    main()
