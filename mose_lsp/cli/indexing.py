@@ -94,10 +94,11 @@ def run_index(service, folder, progress: Progress, deep: bool, rebuild: bool,
     }
 
 
-def index_summary(stats) -> dict:
-    return {"files": stats.files, "indexed_files": stats.indexed_files,
-            "skipped_files": sum(stats.skipped.values()), "chunks": stats.chunks,
-            "deep_coverage": stats.deep_coverage}
+def index_summary(status) -> dict:
+    """The index afterwards, counted as ``mose status`` counts it."""
+    return {"files": status.files, "indexed_files": status.indexed_files,
+            "skipped_files": sum(status.skipped.values()), "chunks": status.chunks,
+            "deep_coverage": status.deep_coverage}
 
 
 def index_command(
@@ -107,7 +108,9 @@ def index_command(
     index_dir: IndexDirOpt = None,
     deep: Annotated[bool, typer.Option("--deep/--no-deep",
                                        help="Also fill deep-exit vectors now.")] = True,
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Delete the index and start over.")] = False,
+    rebuild: Annotated[bool, typer.Option(
+        "--rebuild", help="Read and embed every file again (the index folder stays, so other "
+                          "mose processes using it carry on).")] = False,
     threads: ThreadsOpt = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     as_json: JsonOpt = False,
@@ -129,7 +132,8 @@ def index_command(
         folder = service.add_folder(ws.root)
         with _interruptible(progress) as cancel:
             run = run_index(service, folder, progress, deep, rebuild, cancel)
-        summary = index_summary(folder.index.store.stats())
+        (status,) = service.status([folder], count_pending=False)
+        summary = index_summary(status)
     finally:
         service.close()
     if as_json:
@@ -139,8 +143,10 @@ def index_command(
         _print_summary(ws.root, run, summary)
     if run["interrupted"]:
         if not as_json:
+            again = f"mose index {ws.root}" + ("" if index_dir is None else
+                                                f" --index-dir {ws.index_dir}")
             typer.echo(f"interrupted: the files and vectors done so far are saved; run "
-                       f"'mose index {ws.root}' again to resume.", err=True)
+                       f"'{again}' again to resume.", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
