@@ -451,7 +451,7 @@ async def run_soak_mcp(model: str | None, minutes: float, files: int = 300, thre
                 return time.perf_counter() - started, result.structured_content
 
             t0 = time.perf_counter()
-            while (await call("status", {}))[1] is None:  # the first index (and model load)
+            while (await call("reindex", {}))[1] is None:  # the first index (and model load)
                 if time.perf_counter() - t0 > 1800:
                     raise SystemExit("the first index of the soak workspace took over 30 min")
             pid = _child_pid("mose_lsp.mcp")

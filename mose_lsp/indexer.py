@@ -211,6 +211,11 @@ class WorkspaceIndex:
     def _sync(self) -> None:
         self.store.sync()
 
+    @property
+    def scanning(self) -> bool:
+        """Whether a scan of this index is running in this process."""
+        return self._scan_lock.locked()
+
     def update_running(self) -> bool:
         """Whether another process (or thread) is writing this index right now."""
         return self.lock.busy()

@@ -37,6 +37,13 @@ async def call(client, tool: str, args: dict):
     return await client.call_tool(tool, args, read_timeout_seconds=CALL_TIMEOUT_S)
 
 
+async def indexed(client) -> None:
+    """Wait for the server's first index (calls before it answer from what is indexed so far;
+    ``reindex`` waits for the running update)."""
+    result = await call(client, "reindex", {})
+    assert not result.is_error, text(result)
+
+
 def text(result) -> str:
     return "\n".join(c.text for c in result.content if c.type == "text")
 
@@ -50,6 +57,7 @@ async def test_tools_list_and_every_tool(tmp_path, workspace, model_path):
         assert "grep" in listed["search"].description  # when semantic search beats grep
         assert {"query", "limit", "language", "path"} <= set(listed["search"].input_schema["properties"])
         assert "hits" in listed["search"].output_schema["properties"]
+        await indexed(client)
 
         found = await call(client, "search", {"query": "edit distance between two strings",
                                               "limit": 3})
@@ -100,6 +108,7 @@ async def test_tools_list_and_every_tool(tmp_path, workspace, model_path):
 
 async def test_an_edit_on_disk_is_found_by_the_next_search(tmp_path, workspace, model_path):
     async with session(workspace, tmp_path / "index", model_path) as client:
+        await indexed(client)
         first = await call(client, "search", {"query": "volume of a sphere", "limit": 3})
         assert all(h["path"] != "geometry.py" for h in first.structured_content["hits"])
         (workspace / "geometry.py").write_text(
@@ -144,6 +153,7 @@ BAD_CALLS = [
 async def test_bad_arguments_are_tool_errors_and_the_server_goes_on(tmp_path, workspace,
                                                                     model_path):
     async with session(workspace, tmp_path / "index", model_path) as client:
+        await indexed(client)
         for tool, args, expected in BAD_CALLS:
             result = await call(client, tool, args)
             assert result.is_error, (tool, args, text(result))

@@ -72,3 +72,13 @@ def test_status_and_reindex(service, workspace):
     rebuilt = service.reindex(rebuild=True)[0]
     assert rebuilt.rebuilt and rebuilt.chunks_embedded == first.chunks_embedded
     assert service.reindex()[0].chunks_embedded == 0
+
+
+def test_a_search_during_this_process_first_index_answers_at_once(service, workspace):
+    service.reindex()
+    folder = service.folders[0]
+    with folder.index._scan_lock:  # as while the server's own first index runs
+        assert folder.index.scanning
+        result = service.search("edit distance between two strings", limit=3)
+    assert result.update_in_progress and "scan" in result.freshness[0].writer
+    assert result.hits[0].path == "pkg/strings.py"  # what is indexed so far

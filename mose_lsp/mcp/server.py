@@ -186,16 +186,22 @@ class MoseMcp:
         self.service.close()
 
     def _open(self) -> None:
+        """Open the indexes (calls wait for that), then catch up with the disk: a first index
+        of a large workspace takes minutes, and calls meanwhile answer from what is indexed so
+        far, saying that an update is in progress."""
         try:
             for folder in self.service.folders:
                 folder.index  # noqa: B018  (opens it)
-            self.service.refresh(wait_s=None)
         except MoseError as err:
             self.start_error = str(err)
             log.error("%s", err)
         finally:
             self.ready.set()
-            self._wake.set()
+        if self.start_error is None:
+            for freshness in self.service.refresh(wait_s=None):
+                if freshness.error:
+                    log.error("%s: %s", freshness.folder, freshness.error)
+        self._wake.set()
 
     def _idle(self) -> bool:
         with self._calls_lock:
@@ -250,7 +256,7 @@ class MoseMcp:
         for f in result.freshness:
             if f.update_in_progress:
                 notes.append(f"{f.folder}: an update by {f.writer or 'another client'} is in "
-                             "progress; results are from the last committed index")
+                             "progress; results are from what is indexed so far")
             if f.error:
                 notes.append(f"{f.folder}: could not update the index first: {f.error}")
         return SearchOutput(

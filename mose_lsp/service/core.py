@@ -99,14 +99,18 @@ class Workspace:
         the writer lock longer than ``wait_s``, stop and say so: the caller answers from
         the last committed index."""
         started = time.perf_counter()
+        index = self.index
+        if wait_s is not None and index.scanning:  # e.g. this server's first index, running
+            return Freshness(self.root, seconds=time.perf_counter() - started,
+                             update_in_progress=True, writer=f"pid {os.getpid()} (scan)")
         try:
             try:
-                report = self.index.scan(wait_s=wait_s)
+                report = index.scan(wait_s=wait_s)
             except LockBusy as busy:
                 if busy.owner is None or busy.owner.pid != os.getpid():
                     raise
                 # Our own background step (the deep pass) holds it: one short step, wait.
-                report = self.index.scan(wait_s=OWN_STEP_WAIT_S)
+                report = index.scan(wait_s=OWN_STEP_WAIT_S)
         except LockBusy as busy:
             owner = busy.owner
             return Freshness(self.root, seconds=time.perf_counter() - started,
