@@ -3,8 +3,12 @@
 The indexer reads files (through the walker's rules), chunks them, embeds only chunks whose
 content hash the store does not already hold, and writes each file in one transaction
 (``Store.replace_file``). Renames are detected by file content hash and keep every vector.
-Unsaved editor buffers go through the same path with ``mtime_ns = OVERLAY_MTIME`` so the next
-scan replaces them with the disk version. A background pass fills deep-exit vectors.
+Unsaved editor buffers go through the same path with a negative ``mtime_ns`` (minus the pid
+of the process that wrote them, :func:`overlay_mtime`) so that a scan replaces them with the
+disk version: a scan of that process does at once (the language server then re-applies the
+buffers still open), another process's scan leaves them while their owner lives (the editor's
+buffers stay the editor's) and restores the disk version once it has died. A background pass
+fills deep-exit vectors.
 
 Everything here is blocking and thread-safe through the store's single-writer lock: the
 language server calls it from worker threads, never from its event loop.
@@ -51,7 +55,7 @@ from .walker import FileEntry, IgnoreRules, iter_files
 
 log = logging.getLogger(__name__)
 
-OVERLAY_MTIME = -1  # mtime_ns recorded for unsaved buffer content: never equals a disk file's
+OVERLAY_MTIME = -1  # an unsaved buffer of an unknown (or dead) owner: never equals a disk mtime
 EMBED_POOL = 256  # new chunks gathered across files before one encode call
 # How long an open waits for another process's write batch (a batch holds the lock for a few
 # seconds; a longer wait means that process is stuck, and the error names it).
@@ -59,6 +63,28 @@ OPEN_WAIT_S = 120.0
 SAVE_INTERVAL_S = 60.0  # least time between two saves of the vector indexes by a scan
 CLOSE_WAIT_S = 5.0  # how long close waits to save the vector indexes (else leaves them)
 ENCODE_LOG_ENV = "MOSE_ENCODE_LOG"
+
+
+def overlay_mtime(pid: int | None = None) -> int:
+    """The ``mtime_ns`` recorded for an unsaved buffer written by process ``pid`` (this one)."""
+    return -(os.getpid() if pid is None else pid)
+
+
+def foreign_overlay(state) -> bool:
+    """Whether the store's record of a file is an unsaved buffer of another live process
+    (whose buffers a scan here must leave alone)."""
+    if state is None or state.mtime_ns >= OVERLAY_MTIME:
+        return False
+    pid = -state.mtime_ns
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def encode_log(purpose: str, exit_layer: int, items: Iterable[tuple[str, str]]) -> None:
@@ -421,7 +447,8 @@ class WorkspaceIndex:
                 if state is not None and self.store.delete_file(rel):
                     report.files_deleted += 1
                 continue
-            if state is not None and state.size == st.st_size and state.mtime_ns == st.st_mtime_ns:
+            if (state is not None and state.size == st.st_size
+                    and state.mtime_ns == st.st_mtime_ns) or foreign_overlay(state):
                 report.files_unchanged += 1
                 continue
             meta, result = self._read(FileEntry(rel, path, st.st_size, st.st_mtime_ns))
@@ -437,11 +464,12 @@ class WorkspaceIndex:
     def update_text(self, rel: str, text: str) -> int:
         """Index unsaved buffer content for ``rel`` in place of the disk version.
 
-        Returns how many chunks were embedded. The file is recorded with ``OVERLAY_MTIME`` so
-        that the next scan or ``update_paths`` restores the disk version.
+        Returns how many chunks were embedded. The file is recorded with
+        :func:`overlay_mtime` so that this process's next scan or ``update_paths`` restores the
+        disk version (another process's scans leave it while this process lives).
         """
         raw = text.encode("utf-8")
-        meta, result = self._chunk_bytes(rel, raw, OVERLAY_MTIME)
+        meta, result = self._chunk_bytes(rel, raw, overlay_mtime())
         with self.writing("buffer"):
             item = self._prepare(rel, meta, result)
             return self._flush([item]) if item is not None else 0
@@ -480,5 +508,7 @@ class WorkspaceIndex:
 
 
 def _same_state(state, entry: FileEntry) -> bool:
-    """Whether the store's record of a file matches its size and mtime on disk."""
-    return state is not None and state.size == entry.size and state.mtime_ns == entry.mtime_ns
+    """Whether the store's record of a file matches its size and mtime on disk (or is another
+    live process's unsaved buffer, which is left alone)."""
+    return (state is not None and state.size == entry.size
+            and state.mtime_ns == entry.mtime_ns) or foreign_overlay(state)

@@ -12,7 +12,7 @@ from conftest import PLANTED_PY, make_workspace
 
 import mose_lsp.searcher as searcher_module
 from mose_lsp.config import Settings
-from mose_lsp.indexer import OVERLAY_MTIME, WorkspaceIndex
+from mose_lsp.indexer import WorkspaceIndex, overlay_mtime
 from mose_lsp.lexical import identifier_tokens
 from mose_lsp.searcher import Query, Searcher
 
@@ -126,7 +126,7 @@ def test_unsaved_buffer_overlay_then_disk_wins(workspace, tmp_path, model):
                         "        total += -values[a] if values.get(b, 0) > values[a] else values[a]\n"
                         "    return total\n")
     index.update_text("pkg/strings.py", new)
-    assert index.store.file_state("pkg/strings.py").mtime_ns == OVERLAY_MTIME
+    assert index.store.file_state("pkg/strings.py").mtime_ns == overlay_mtime()
     hits = searcher.search(Query("convert roman numerals to numbers", k=1))
     assert hits[0].symbol == "parse_roman_numeral"
     index.scan()  # the buffer was closed without saving: the disk version comes back

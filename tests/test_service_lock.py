@@ -185,3 +185,47 @@ def test_a_second_process_sees_the_first_ones_writes(tmp_path, workspace, model)
         assert hits and hits[0].path == "pkg/volume.py", (hits, time.monotonic() - started)
     finally:
         index.close()
+
+
+OVERLAY = textwrap.dedent("""
+    import sys, time
+    from mose_lsp.config import Settings
+    from mose_lsp.indexer import WorkspaceIndex
+    index = WorkspaceIndex.open(sys.argv[1], Settings(index_dir=sys.argv[2], threads=1))
+    index.update_text("pkg/strings.py", open(sys.argv[3]).read())
+    print("buffer", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_an_editors_unsaved_buffer_stays_while_its_owner_lives(tmp_path, workspace, model):
+    """Another process's scan leaves a live client's unsaved buffer alone, and restores the
+    disk version once that client has died."""
+    from mose_lsp.config import Settings
+    from mose_lsp.indexer import WorkspaceIndex
+
+    settings = Settings(index_dir=str(tmp_path / "index"))
+    index = WorkspaceIndex.open(workspace, settings, model)
+    try:
+        index.scan()
+        buffer = tmp_path / "buffer.py"
+        buffer.write_text("def parse_roman_numeral(text):\n    return len(text)\n")
+        proc = subprocess.Popen([sys.executable, "-c", OVERLAY, str(workspace),
+                                 str(tmp_path / "index"), str(buffer)],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "buffer"
+
+            def symbols() -> set:
+                return {c.symbol for c in index.store.file_chunks("pkg/strings.py")}
+
+            assert index.scan().files_indexed == 0  # the editor's buffer is left alone
+            assert index.update_paths(["pkg/strings.py"]).files_indexed == 0
+            assert "parse_roman_numeral" in symbols()
+        finally:
+            proc.kill()
+            proc.wait()
+        assert index.scan().files_indexed == 1  # its owner died: the disk version is back
+        assert "levenshtein_distance" in symbols() and "parse_roman_numeral" not in symbols()
+    finally:
+        index.close()

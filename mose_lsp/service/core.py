@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..errors import MoseError
-from ..indexer import Progress, ScanReport, WorkspaceIndex, read_regular
+from ..indexer import Progress, ScanReport, WorkspaceIndex, foreign_overlay, read_regular
 from ..searcher import Hit, Query, Searcher
 from ..walker import iter_files, relative_path
 from .lock import LockBusy
@@ -365,8 +365,9 @@ class Service:
             pending = None
             if count_pending:
                 pending = sum(1 for e in iter_files(index.root, index.settings)
-                              if (st := index.store.file_state(e.rel)) is None
-                              or st.size != e.size or st.mtime_ns != e.mtime_ns)
+                              if ((st := index.store.file_state(e.rel)) is None
+                                  or st.size != e.size or st.mtime_ns != e.mtime_ns)
+                              and not foreign_overlay(st))
             owner = index.lock.owner()
             manifest = index.model.manifest
             out.append(FolderStatus(
