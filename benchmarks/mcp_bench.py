@@ -1,7 +1,8 @@
 """MCP benchmark: `search` and `similar` through the MCP SDK's stdio client against `mose mcp`,
 next to `mose search` one-shot in the same run, and freshness (file saved -> found).
 
-    python benchmarks/mcp_bench.py [--queries 40] [--cli-queries 8] [--edits 10] [--json out.json]
+    python benchmarks/mcp_bench.py [--queries 40] [--cli-queries 8] [--edits 10]
+                                   [--scale-chunks 100000] [--json out.json]
 
 On the workspace benchmark's corpus (benchmarks/corpus.py: ~140k lines of Python, TypeScript
 and Go in .bench/workspace). The index is built first (`mose index` with deep vectors) in its
@@ -136,6 +137,62 @@ async def mcp_phase(args) -> dict:
     return out
 
 
+async def scale_mcp_phase(args) -> dict:
+    """`search` (text) and `similar` (a pasted chunk) through `mose mcp --no-update` on the
+    workspace benchmark's 100k-chunk store (real chunks repeated, vectors jittered: its files
+    are not on disk, so the server must not update it)."""
+    from mcp import ClientSession, StdioServerParameters, stdio_client
+
+    cmd = ["-m", "mose_lsp", "mcp", "-w", str(args.workspace), "--index-dir", args.scale_dir,
+           "--threads", str(args.threads), "--no-update"]
+    if args.model:
+        cmd += ["--model", args.model]
+    params = StdioServerParameters(command=sys.executable, args=cmd, env=dict(os.environ),
+                                   cwd=str(REPO))
+    out: dict = {}
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
+        await client.initialize()
+        status = await client.call_tool("status", {}, read_timeout_seconds=600)
+        out["chunks"] = status.structured_content["folders"][0]["chunks"]
+
+        async def timed(tool: str, arguments: dict) -> tuple[float, dict]:
+            t0 = time.perf_counter()
+            result = await client.call_tool(tool, arguments, read_timeout_seconds=600)
+            if result.is_error:
+                raise RuntimeError(f"{tool}: {result.content[0].text}")
+            return 1000 * (time.perf_counter() - t0), result.structured_content
+
+        await timed("search", {"query": "warm up"})
+        search_ms, snippets = [], []
+        for q in (TEXT_QUERIES * 5)[: args.queries]:
+            ms, data = await timed("search", {"query": q, "limit": 10})
+            search_ms.append(ms)
+            snippets += [(h["code"], h["language"]) for h in data["hits"][:1]]
+        similar_ms = []
+        for code, language in snippets:
+            ms, _ = await timed("similar", {"snippet": code, "language": language or "",
+                                            "limit": 10})
+            similar_ms.append(ms)
+    out["search_ms"] = _stats(search_ms)
+    out["similar_snippet_ms"] = _stats(similar_ms)
+    return out
+
+
+def scale_cli_phase(args) -> dict:
+    """`mose search --no-update` one-shot on the same 100k-chunk store."""
+    ms = []
+    for q in TEXT_QUERIES[: args.cli_queries]:
+        t0 = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "mose_lsp", "search", q, "-w",
+                              str(args.workspace), "--index-dir", args.scale_dir, "--no-update",
+                              "--threads", str(args.threads), "--json"],
+                             capture_output=True, text=True, cwd=REPO, check=False)
+        ms.append(1000 * (time.perf_counter() - t0))
+        if run.returncode != 0:
+            raise RuntimeError(f"mose search failed: {run.stderr[-500:]}{run.stdout[-500:]}")
+    return {"cli_search_ms": _stats(ms)}
+
+
 def cli_phase(args) -> dict:
     """`mose search` one-shot (a new process per query), the same queries."""
     ms = []
@@ -161,6 +218,10 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=40)
     p.add_argument("--cli-queries", type=int, default=8)
     p.add_argument("--edits", type=int, default=10)
+    p.add_argument("--scale-chunks", type=int, default=0,
+                   help="also build the workspace benchmark's store of this many chunks (real "
+                        "chunks repeated, vectors jittered) and time MCP on it (0: skip)")
+    p.add_argument("--scale-dir", default=str(Path(".bench/index-mcp-scale")))
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     if not (args.workspace / "SOURCES.json").is_file():
@@ -173,6 +234,16 @@ def main() -> None:
               "index": build_index(args)}
     result["mcp"] = asyncio.run(mcp_phase(args))
     result["cli"] = cli_phase(args)
+    if args.scale_chunks:
+        import shutil
+
+        from workspace_bench import phase_scale
+
+        args.scale_dir = str(Path(args.scale_dir).resolve())
+        shutil.rmtree(args.scale_dir, ignore_errors=True)
+        built = phase_scale(args)  # also times the searcher in-process, for comparison
+        result["scale"] = {"build": built, **asyncio.run(scale_mcp_phase(args)),
+                           **scale_cli_phase(args)}
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
     text = json.dumps(result, indent=2)
     print(text)

@@ -164,3 +164,19 @@ async def test_bad_arguments_are_tool_errors_and_the_server_goes_on(tmp_path, wo
         unknown = await call(client, "grep", {"pattern": "x"})
         assert unknown.is_error
         assert not (await call(client, "status", {})).is_error
+
+
+async def test_no_update_answers_from_the_index_as_it_is(tmp_path, workspace, model_path):
+    async with session(workspace, tmp_path / "index", model_path, "--no-update") as client:
+        empty = await call(client, "search", {"query": "edit distance"})
+        assert empty.structured_content["hits"] == []  # nothing indexed, nothing updated
+        await indexed(client)  # reindex still updates
+        (workspace / "geometry.py").write_text(
+            "def sphere_volume(radius):\n    return 4 / 3 * 3.14159 * radius ** 3\n")
+        stale = await call(client, "search", {"query": "volume of a sphere", "limit": 3})
+        assert stale.structured_content["files_updated"] == 0
+        assert all(h["path"] != "geometry.py" for h in stale.structured_content["hits"])
+        await indexed(client)
+        found = await call(client, "search", {"query": "volume of a sphere", "limit": 3})
+        assert found.structured_content["hits"][0]["path"] == "geometry.py"
+

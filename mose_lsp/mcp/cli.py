@@ -66,6 +66,11 @@ def mcp_command(
     max_lines: Annotated[int, typer.Option(
         "--max-lines", min=1, help="Lines of code per hit in results (a call may ask for "
                                    "another number).")] = 30,
+    update: Annotated[bool, typer.Option(
+        "--update/--no-update", help="Index the files changed on disk before each search and "
+                                     "similar (a stat per file); --no-update answers from the "
+                                     "index as it is, for a workspace another client (the "
+                                     "editor's language server, mose index) keeps current.")] = True,
     log_file: Annotated[Path | None, typer.Option("--log-file", help="Also log to this file.")] = None,
     log_level: Annotated[str, typer.Option("--log-level",
                                            help="debug, info, warning or error.")] = "warning",
@@ -95,7 +100,7 @@ def mcp_command(
 
         raise MoseError(f"'mose mcp' needs the MCP SDK ({err}); install it with: "
                         "pip install 'mcp>=2.3'") from err
-    serve(roots, settings, max_lines)
+    serve(roots, settings, max_lines, update)
 
 
 def register(app: typer.Typer) -> None:

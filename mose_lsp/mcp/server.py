@@ -6,7 +6,8 @@ result is structured output (its schema is the tool's output schema) and readabl
 
 Freshness: before ``search`` and ``similar`` answer, the folders' indexes are brought up to
 date with the disk (an incremental scan: a stat per file, embedding only changed chunks), so
-an answer reflects the files as they are at the call. When another client (the editor's
+an answer reflects the files as they are at the call (``--no-update`` skips it, for a
+workspace that another client keeps current). When another client (the editor's
 language server, another agent, ``mose index``) is writing the index at that moment, the
 answer comes from its last commit and says so (``update_in_progress``).
 
@@ -156,9 +157,11 @@ class MoseMcp:
     """The tools' implementation around one :class:`Service` (kept apart from the SDK's
     registration so that it reads top-down)."""
 
-    def __init__(self, service: Service, max_lines: int = DEFAULT_MAX_LINES):
+    def __init__(self, service: Service, max_lines: int = DEFAULT_MAX_LINES,
+                 update: bool = True):
         self.service = service
         self.max_lines = max_lines
+        self.update = update  # index what changed on disk before search/similar answer
         self.ready = threading.Event()
         self.start_error: str | None = None
         self._last_call = time.monotonic()
@@ -197,7 +200,7 @@ class MoseMcp:
             log.error("%s", err)
         finally:
             self.ready.set()
-        if self.start_error is None:
+        if self.start_error is None and self.update:
             for freshness in self.service.refresh(wait_s=None):
                 if freshness.error:
                     log.error("%s: %s", freshness.folder, freshness.error)
@@ -327,9 +330,10 @@ def result(model: BaseModel, text: str) -> CallToolResult:
                           structured_content=model.model_dump(mode="json"))
 
 
-def create_server(service: Service, max_lines: int = DEFAULT_MAX_LINES) -> tuple[MCPServer, MoseMcp]:
+def create_server(service: Service, max_lines: int = DEFAULT_MAX_LINES,
+                  update: bool = True) -> tuple[MCPServer, MoseMcp]:
     """The MCP server for ``service``'s folders and the object behind its tools."""
-    mose = MoseMcp(service, max_lines)
+    mose = MoseMcp(service, max_lines, update)
     app = MCPServer("mose", version=__version__, instructions=INSTRUCTIONS)
     several = len(service.folders) > 1
     read_only = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
@@ -349,7 +353,8 @@ def create_server(service: Service, max_lines: int = DEFAULT_MAX_LINES) -> tuple
                                                "hit (default: the server's).")] = None,
     ) -> Annotated[CallToolResult, SearchOutput]:
         found = await mose.call(service.search, query, kind=kind, limit=limit,
-                                languages=(language,) if language else (), path_glob=path)
+                                languages=(language,) if language else (), path_glob=path,
+                                fresh=mose.update)
         out = mose.search_output(found, max_lines)
         return result(out, hits_text(out, several))
 
@@ -381,10 +386,11 @@ def create_server(service: Service, max_lines: int = DEFAULT_MAX_LINES) -> tuple
             found = await mose.call(
                 service.similar, path=path, start_line=None if line is None else line - 1,
                 end_line=None if end_line is None else end_line - 1, limit=limit,
-                languages=(language,) if language else (), path_glob=path_glob)
+                languages=(language,) if language else (), path_glob=path_glob,
+                fresh=mose.update)
         else:
             found = await mose.call(service.similar, text=snippet, language=language or "",
-                                    limit=limit, path_glob=path_glob)
+                                    limit=limit, path_glob=path_glob, fresh=mose.update)
         out = mose.search_output(found, max_lines)
         return result(out, hits_text(out, several))
 
@@ -407,14 +413,15 @@ def create_server(service: Service, max_lines: int = DEFAULT_MAX_LINES) -> tuple
     return app, mose
 
 
-def serve(roots: list[Path], settings, max_lines: int = DEFAULT_MAX_LINES) -> None:
+def serve(roots: list[Path], settings, max_lines: int = DEFAULT_MAX_LINES,
+          update: bool = True) -> None:
     """Run the MCP server over stdio until the client closes it."""
     from ..service.core import folder_settings
 
     service = Service(settings)
     for root in roots:
         service.add_folder(root, folder_settings(settings, root, len(roots) > 1))
-    app, mose = create_server(service, max_lines)
+    app, mose = create_server(service, max_lines, update)
     mose.start()
     try:
         app.run("stdio")
