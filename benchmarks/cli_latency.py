@@ -1,17 +1,19 @@
 """One-shot CLI latency: process start to output for `mose search`, `similar` and `status`.
 
     python benchmarks/cli_latency.py [--corpus .bench/workspace] [--subset python/flask-3.1.0]
-                                     [--runs 20] [--json out.json]
+                                     [--baseline CHECKOUT] [--runs 20] [--json out.json]
 
 Copies the workspace benchmark's corpus (``benchmarks/corpus.py``) to a scratch folder outside
 any git repository, indexes it once (deep pass included, not timed), then runs each command
 ``--runs`` times as a fresh process (``python -m mose_lsp``, as the ``mose`` script does) and
-times it from spawn to exit with its output read. Prints p50/p95 per command in ms, and
+times it from spawn to exit with its output read (wall clock), and the process's CPU time
+(user + system, which a busy machine disturbs less). Prints p50/p95 per command in ms, and
 ``mose --version`` as the floor (interpreter start). ``--subset`` takes one folder of the
 corpus as the workspace (``python/flask-3.1.0``: a Flask-sized one).
 
-To time another checkout of the code with the same environment, put it first on PYTHONPATH:
-``PYTHONPATH=/path/to/checkout python benchmarks/cli_latency.py``.
+``--baseline CHECKOUT`` times another checkout of the code too (its folder goes first on
+PYTHONPATH; same interpreter and packages), interleaved run by run with this one, so that both
+see the same machine load; the ratio of the medians is the comparison to quote.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,6 +33,7 @@ from pathlib import Path
 QUERY = "send a file to the client with a download name"
 SIMILAR_FILE = "python/flask-3.1.0/src/flask/helpers.py"  # send_file
 SIMILAR_LINE = 405
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -37,13 +41,17 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def _run(cmd: list[str], env: dict, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+def _run(cmd: list[str], env: dict, cwd: Path) -> tuple[float, float]:
+    """(wall ms, CPU ms) of one process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, check=False)
-    elapsed = (time.perf_counter() - started) * 1000
+    wall = (time.perf_counter() - started) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
-    return elapsed, proc
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
+    return wall, cpu
 
 
 def main() -> None:
@@ -51,6 +59,8 @@ def main() -> None:
     p.add_argument("--corpus", type=Path, default=Path(".bench/workspace"))
     p.add_argument("--subset", default="", help="one folder of the corpus as the workspace "
                    f"(it must hold {SIMILAR_FILE})")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="another checkout to time the same way, interleaved with this one")
     p.add_argument("--workdir", type=Path, default=None,
                    help="scratch folder (default: a temporary one, removed afterwards)")
     p.add_argument("--runs", type=int, default=20)
@@ -74,20 +84,26 @@ def main() -> None:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
+def _env(checkout: Path) -> dict:
+    path = [str(checkout), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "COLUMNS": "120", "PYTHONPATH": os.pathsep.join(path)}
+
+
 def _bench(args, scratch: Path) -> dict:
     ws, idx = scratch / "workspace", scratch / "index"
-    similar_file = SIMILAR_FILE
-    source = args.corpus
+    similar_file, source = SIMILAR_FILE, args.corpus
     if args.subset:
         source = args.corpus / args.subset
         similar_file = SIMILAR_FILE[len(args.subset.rstrip("/")) + 1:]
     if not ws.exists():
         shutil.copytree(source, ws)
-    env = {**os.environ, "COLUMNS": "120"}
+    variants = {"current": _env(REPO)}
+    if args.baseline is not None:
+        variants["baseline"] = _env(args.baseline.resolve())
     mose = [sys.executable, "-m", "mose_lsp"]
     common = ["--index-dir", str(idx), "--threads", str(args.threads)]
     started = time.perf_counter()
-    _run([*mose, "index", str(ws), *common], env, scratch)
+    _run([*mose, "index", str(ws), *common], variants["current"], scratch)
     index_s = time.perf_counter() - started
     commands = {
         "version": ["--version"],
@@ -96,17 +112,33 @@ def _bench(args, scratch: Path) -> dict:
                     "-k", "10"],
         "status": ["status", "-w", str(ws), "--index-dir", str(idx)],
     }
-    out: dict = {"corpus": str(args.corpus), "subset": args.subset, "runs": args.runs, "python": platform.python_version(),
-                 "cpus": os.cpu_count(), "files": sum(1 for f in ws.rglob("*") if f.is_file()),
+    out: dict = {"corpus": str(args.corpus), "subset": args.subset, "runs": args.runs,
+                 "python": platform.python_version(), "cpus": os.cpu_count(),
+                 "load_avg_1m_start": round(os.getloadavg()[0], 2),
+                 "files": sum(1 for f in ws.rglob("*") if f.is_file()),
                  "index_seconds": round(index_s, 1), "commands": {}}
     for name, extra in commands.items():
-        _run([*mose, *extra], env, scratch)  # warm the OS file cache, not the process
-        times = [_run([*mose, *extra], env, scratch)[0] for _ in range(args.runs)]
-        out["commands"][name] = {"p50_ms": round(_pct(times, 0.5), 1),
-                                 "p95_ms": round(_pct(times, 0.95), 1),
-                                 "argv": ["mose", *extra]}
-        print(f"{name:8s} p50 {out['commands'][name]['p50_ms']:7.1f} ms  "
-              f"p95 {out['commands'][name]['p95_ms']:7.1f} ms", file=sys.stderr)
+        samples: dict[str, tuple[list[float], list[float]]] = {v: ([], []) for v in variants}
+        for env in variants.values():
+            _run([*mose, *extra], env, scratch)  # warm the OS file cache, not the process
+        for i in range(args.runs):
+            order = list(variants) if i % 2 == 0 else list(reversed(variants))
+            for variant in order:
+                wall, cpu = _run([*mose, *extra], variants[variant], scratch)
+                samples[variant][0].append(wall)
+                samples[variant][1].append(cpu)
+        row: dict = {"argv": ["mose", *extra]}
+        for variant, (walls, cpus) in samples.items():
+            row[variant] = {"p50_ms": round(_pct(walls, 0.5), 1),
+                            "p95_ms": round(_pct(walls, 0.95), 1),
+                            "cpu_p50_ms": round(_pct(cpus, 0.5), 1)}
+            print(f"{name:8s} {variant:8s} p50 {row[variant]['p50_ms']:7.1f} ms  p95 "
+                  f"{row[variant]['p95_ms']:7.1f} ms  cpu p50 {row[variant]['cpu_p50_ms']:7.1f} ms",
+                  file=sys.stderr)
+        if "baseline" in row:
+            row["p50_ratio"] = round(row["current"]["p50_ms"] / row["baseline"]["p50_ms"], 3)
+        out["commands"][name] = row
+    out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     return out
 
 

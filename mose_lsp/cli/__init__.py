@@ -134,7 +134,7 @@ def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args in (["--version"], ["-V"]):  # nothing else to load
+    if args == ["--version"]:  # nothing else to load
         typer.echo(f"mose {__version__}")
         return
     command = next((a for a in args if not a.startswith("-")), None)
