@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 
 from mose_training.recipes.common import load_config
 from mose_training.recipes.finetune import FinetuneConfig, FinetuneRecipe
-from test_recipes import CONFIGS, STDLIB, mine_pairs
+from test_recipes import CONFIGS, STDLIB, make_suite, mine_pairs
 
 pytestmark = pytest.mark.slow  # torchrun, two processes
 
@@ -82,19 +82,9 @@ def read(tmp_path: Path, name: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def suite_dir(tmp_path_factory) -> Path:
+def suite_dir(tmp_path_factory, pairs_file) -> Path:
     """A small retrieval suite (docstring -> function) for evaluation during fine-tuning."""
-    rows = mine_pairs([STDLIB / "csv.py", *sorted((STDLIB / "email").glob("_*.py"))])[:40]
-    root = tmp_path_factory.mktemp("suite") / "stdlib-docs"
-    root.mkdir()
-    (root / "corpus.jsonl").write_text("".join(
-        json.dumps({"id": f"f{i}", "text": r["code"], "lang": "python"}) + "\n"
-        for i, r in enumerate(rows)), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(
-        json.dumps({"id": f"q{i}", "text": r["query"], "kind": "text", "lang": "",
-                    "relevant": [f"f{i}"]}) + "\n" for i, r in enumerate(rows)),
-        encoding="utf-8")
-    return root
+    return make_suite(tmp_path_factory.mktemp("suite") / "stdlib-docs", pairs_file, 40)
 
 
 @pytest.fixture(scope="module")
