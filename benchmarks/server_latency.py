@@ -19,6 +19,15 @@ Prints a markdown table; `--json FILE` writes every sample and the summary.
 
     python benchmarks/server_latency.py --model MODEL_DIR [--workspace PATH] [--json out.json]
 
+`--startup N` measures instead what a user waits for when an editor starts the server, N times,
+each on a fresh workspace (a few standard-library modules) with a fresh index: the
+`initialize` round trip (request sent -> answer; and process start -> answer), and the time from
+process start to the first `workspace/symbol` answer (sent right after `initialized`) and to the
+first answer that holds the expected function (`shlex.split` for "Split the string using
+shell-like syntax").
+
+    python benchmarks/server_latency.py --model MODEL_DIR --startup 5 [--json out.json]
+
 Queries are the first lines of function docstrings of the workspace (shuffled, each used once
 while there are enough), so that the deep vectors the server computes on the fly for a
 query's candidates (and caches) are not simply reused by repeating a query; each search also
@@ -302,6 +311,84 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+STARTUP_MODULES = ("shlex.py", "textwrap.py", "fnmatch.py", "colorsys.py", "difflib.py",
+                   "heapq.py", "bisect.py", "calendar.py")
+STARTUP_QUERY, STARTUP_TARGET = "Split the string using shell-like syntax", "split"
+
+
+async def startup_once(model: Path, threads: int) -> dict[str, float | None]:
+    """One server start on a fresh workspace and index; seconds from process start."""
+    tmp = Path(tempfile.mkdtemp(prefix="mose-startup-"))
+    try:
+        folder = tmp / "workspace"
+        folder.mkdir()
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        for name in STARTUP_MODULES:
+            shutil.copyfile(stdlib / name, folder / name)
+        command = [sys.executable, "-m", "mose_lsp", "serve", "--log-level", "warning"]
+        t0 = time.perf_counter()
+        client = await ClientServerConfig(server_command=command).start()
+        try:
+            params = lsp.InitializeParams(
+                capabilities=lsp.ClientCapabilities(
+                    window=lsp.WindowClientCapabilities(work_done_progress=True)),
+                process_id=os.getpid(),
+                workspace_folders=[lsp.WorkspaceFolder(uri=from_fs_path(str(folder)),
+                                                       name=folder.name)],
+                initialization_options={"mose": {
+                    "model": str(model), "indexDir": str(tmp / "index"), "threads": threads,
+                    "watcher": "off"}})
+            client.capabilities = params.capabilities  # what initialize_session would set
+            sent = time.perf_counter()
+            await asyncio.wait_for(client.initialize_async(params), TIMEOUT)
+            answered = time.perf_counter()
+            client.initialized(lsp.InitializedParams())
+            first = found = None
+            while time.perf_counter() - t0 < TIMEOUT:
+                symbols = await asyncio.wait_for(client.workspace_symbol_async(
+                    lsp.WorkspaceSymbolParams(query=STARTUP_QUERY)), TIMEOUT)
+                now = time.perf_counter()
+                first = first or now
+                if any(s.name.split(".")[-1] == STARTUP_TARGET and
+                       s.location.uri.endswith("/shlex.py") for s in (symbols or [])[:10]):
+                    found = now
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.wait_for(client.shutdown_session(), TIMEOUT)
+        finally:
+            await client.stop()
+        return {"initialize_rtt_s": answered - sent, "start_to_initialize_s": answered - t0,
+                "start_to_first_symbol_s": None if first is None else first - t0,
+                "start_to_target_symbol_s": None if found is None else found - t0}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def startup(args: argparse.Namespace) -> dict[str, Any]:
+    load_start = load_average()
+    runs = [await startup_once(args.model, args.threads) for _ in range(args.startup)]
+    keys = list(runs[0])
+    return {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "load_average_start": load_start,
+                    "load_average_end": load_average()},
+        "threads": args.threads, "modules": list(STARTUP_MODULES), "query": STARTUP_QUERY,
+        "summary": {k: summary([r[k] for r in runs if r[k] is not None]) for k in keys},
+        "runs": runs,
+    }
+
+
+def startup_table(result: dict[str, Any]) -> str:
+    lines = [f"server start on a fresh workspace ({len(result['modules'])} stdlib modules), "
+             f"{len(result['runs'])} runs; {result['machine']['cpus']} CPUs, load "
+             f"{result['machine']['load_average_start']} -> {result['machine']['load_average_end']}",
+             "", "| measurement | n | p50 ms | mean ms | max ms |", "|---|---:|---:|---:|---:|"]
+    for name, s in result["summary"].items():
+        lines.append(f"| {name} | {s['n']} | {s['p50_ms']:.0f} | {s['mean_ms']:.0f} | "
+                     f"{s['max_ms']:.0f} |")
+    return "\n".join(lines)
+
+
 def table(result: dict[str, Any]) -> str:
     ws = result["workspace"]
     header = (
@@ -340,9 +427,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0 = auto)")
     parser.add_argument("--json", type=Path, help="write samples and summary here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--startup", type=int, default=0, metavar="N",
+                        help="only measure N server starts (initialize, first workspace/symbol)")
     args = parser.parse_args()
-    result = asyncio.run(run(args))
-    print(table(result))
+    if args.startup:
+        result = asyncio.run(startup(args))
+        print(startup_table(result))
+    else:
+        result = asyncio.run(run(args))
+        print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

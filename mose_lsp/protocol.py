@@ -8,11 +8,13 @@ Unknown fields are ignored, so that a newer plugin can talk to an older server.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .config import Settings
+from .config import settings_schema as engine_schema
 
 SNIPPET_LINES = 12  # lines of a chunk sent back as its snippet
 MAX_K = 1000
@@ -201,7 +203,23 @@ class ReindexArgs:
 
 
 COMMANDS = (SearchArgs.COMMAND, SimilarArgs.COMMAND, StatusArgs.COMMAND, ReindexArgs.COMMAND)
-DOCUMENT_INDEXED = "mose/documentIndexed"  # server -> client notification
+DOCUMENT_INDEXED = "mose/documentIndexed"  # server -> client notification (opt-in)
+#: The initialization option (in ``initializationOptions.mose``) and the client capability
+#: (``capabilities.experimental.mose``) with which a client asks for ``mose/*`` notifications.
+NOTIFICATIONS_OPTION = "notifications"
+
+
+def notifications_wanted(init_options: Any, capabilities: Any = None) -> bool:
+    """Whether the client opted in to the server's ``mose/*`` notifications, with
+    ``initializationOptions: {"mose": {"notifications": true}}`` or the capability
+    ``experimental: {"mose": {"notifications": true}}``. Without it the server sends only
+    what the LSP specification defines."""
+    options = section(init_options)
+    if isinstance(options, dict) and options.get(NOTIFICATIONS_OPTION) is True:
+        return True
+    experimental = getattr(capabilities, "experimental", None)
+    mose = experimental.get("mose") if isinstance(experimental, dict) else None
+    return isinstance(mose, dict) and mose.get(NOTIFICATIONS_OPTION) is True
 
 
 # ----------------------------------------------------------------------------- results
@@ -211,6 +229,36 @@ def lsp_range(start_line: int, end_line: int) -> dict[str, Any]:
     """Whole lines ``start_line..end_line`` (inclusive) as an end-exclusive LSP range."""
     return {"start": {"line": start_line, "character": 0},
             "end": {"line": end_line + 1, "character": 0}}
+
+
+_NOT_DEFINITION = ("@", "#", "//", "/*", "*", "--", ";")  # decorators and comment lines
+
+
+def _utf16(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def definition_span(text: str, symbol: str | None, start_line: int) -> tuple[int, int, int]:
+    """Where a chunk's symbol is named: ``(line, start, end)``, the line 0-based in the file
+    and the characters in UTF-16 code units (LSP's default encoding).
+
+    A chunk starts at its decorators and leading comments; editors should land on the
+    definition, so this is the first other line that names the symbol's last part (``parse`` of
+    ``Parser.parse``), or the first such line that is code at all when none does."""
+    lines = text.splitlines()
+    name = re.split(r"\.|::|#", symbol)[-1] if symbol else ""
+    pattern = re.compile(rf"(?<![\w$]){re.escape(name)}(?![\w$])") if name else None
+    first_code: tuple[int, int, int] | None = None
+    for n, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(_NOT_DEFINITION):
+            continue
+        if first_code is None:
+            indent = len(line) - len(line.lstrip())
+            first_code = (start_line + n, _utf16(line[:indent]), _utf16(line.rstrip()))
+        if pattern is not None and (m := pattern.search(line)):
+            return start_line + n, _utf16(line[:m.start()]), _utf16(line[:m.end()])
+    return first_code or (start_line, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -226,9 +274,17 @@ class Result:
     score: float
     exit: int
     snippet: str
+    selection: tuple[int, int, int] | None = None  # definition_span: the symbol's name
+
+    def selection_range(self) -> dict[str, Any]:
+        """The symbol's name (where an editor should put the cursor) as an LSP range."""
+        line, start, end = self.selection or (self.start_line, 0, 0)
+        return {"start": {"line": line, "character": start},
+                "end": {"line": line, "character": end}}
 
     def to_json(self) -> dict[str, Any]:
         return {"uri": self.uri, "range": lsp_range(self.start_line, self.end_line),
+                "selectionRange": self.selection_range(),
                 "path": self.path, "folder": self.folder, "symbol": self.symbol,
                 "kind": self.kind, "language": self.language, "score": round(self.score, 6),
                 "exit": self.exit, "snippet": self.snippet}
@@ -272,6 +328,15 @@ class ServerOptions:
     watcher: str = "auto"
 
 
+def settings_schema() -> dict[str, dict[str, Any]]:
+    """Every client setting of the server (the engine's and the server's own), camelCase, with
+    type, default and bounds (see :func:`mose_lsp.config.settings_schema`)."""
+    schema = engine_schema()
+    schema["watcher"] = {"type": "string", "default": ServerOptions().watcher,
+                         "enum": list(WATCH_MODES)}
+    return schema
+
+
 #: Settings whose change closes and reopens every folder's index.
 REOPEN_KEYS = ("model", "index_dir", "threads", "max_file_bytes", "exclude", "secret_patterns",
                "use_gitignore")
@@ -310,11 +375,15 @@ def layer(data: Any, base: Config, origin: str) -> Config:
         return Config(base.settings, base.options, base.warnings + (
             f"{origin}: settings must be an object, got {type(data).__name__}; ignored",))
     rest = dict(data)
+    if origin == "initializationOptions":
+        rest.pop(NOTIFICATIONS_OPTION, None)  # a client's declaration, not a setting
     warnings: list[str] = []
     options = base.options
     if "watcher" in rest:
         value = rest.pop("watcher")
-        if value in WATCH_MODES:
+        if value is None:
+            options = ServerOptions()
+        elif value in WATCH_MODES:
             options = ServerOptions(watcher=value)
         else:
             warnings.append(f"setting 'watcher'={value!r} is invalid (expected one of "

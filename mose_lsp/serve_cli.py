@@ -29,12 +29,17 @@ class _ExpectedErrors(logging.Filter):
         return getattr(err, "code", None) not in self.CODES
 
 
-def _logging(level: str, log_file: Path | None) -> None:
-    # stdout carries the protocol: logs go to stderr (and a file when asked).
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+def _logging(level: str, log_file: Path | None, stderr_level: str) -> None:
+    # stdout carries the protocol. Logs go to the client (window/logMessage, added by the serve
+    # loop) and a file when asked, at `level`; stderr gets `stderr_level` and above (warnings
+    # by default: some clients file every stderr line as an error).
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(stderr_level.upper())
+    handlers: list[logging.Handler] = [stderr]
     if log_file is not None:
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    logging.basicConfig(level=level.upper(), handlers=handlers, force=True,
+    lowest = min(logging.getLevelName(level.upper()), logging.getLevelName(stderr_level.upper()))
+    logging.basicConfig(level=lowest, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level != "debug":  # pygls logs every message at info
         logging.getLogger("pygls").setLevel(logging.WARNING)
@@ -56,14 +61,19 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[int, typer.Option("--threads", help="Inference threads (0 = auto).")] = 0,
         log_file: Annotated[Path | None, typer.Option("--log-file",
                                                          help="Also log to this file.")] = None,
-        log_level: Annotated[str, typer.Option("--log-level",
-                                               help="debug, info, warning or error.")] = "info",
+        log_level: Annotated[str, typer.Option(
+            "--log-level", help="Logs sent to the client (window/logMessage) and the log file: "
+                                "debug, info, warning or error.")] = "info",
+        stderr_level: Annotated[str, typer.Option(
+            "--stderr-level", help="Logs written to stderr: debug, info, warning or "
+                                   "error.")] = "warning",
     ) -> None:
         """Run the language server (LSP) for editors; see docs/protocol.md."""
-        if log_level not in LOG_LEVELS:
-            raise typer.BadParameter(f"expected one of {', '.join(LOG_LEVELS)}",
-                                     param_hint="--log-level")
-        _logging(log_level, log_file)
+        for value, hint in ((log_level, "--log-level"), (stderr_level, "--stderr-level")):
+            if value not in LOG_LEVELS:
+                raise typer.BadParameter(f"expected one of {', '.join(LOG_LEVELS)}",
+                                         param_hint=hint)
+        _logging(log_level, log_file, stderr_level)
         from .service.memory import limit_allocator_arenas
 
         limit_allocator_arenas()  # before any worker thread: see mose_lsp/service/memory.py
@@ -74,14 +84,10 @@ def register(app: typer.Typer) -> None:
         })
         for w in warnings:
             logging.getLogger("mose_lsp.serve").warning("%s", w)
-        from .server import create_server
+        from .lsp import create_server, serve
 
-        server = create_server(settings)
-        try:
-            if tcp:
-                server.start_tcp(host, port)
-            else:
-                server.start_io()
-        finally:
-            # Without a clean `shutdown` (the client died), still save and close the indexes.
-            server.service.close_now()
+        # Runs until `exit`, the end of input or a signal, and closes every index before
+        # returning (mose_lsp/lsp/lifecycle.py).
+        code = serve(create_server(settings), (host, port) if tcp else None,
+                     logging.getLevelName(log_level.upper()))
+        raise typer.Exit(code)

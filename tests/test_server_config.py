@@ -147,8 +147,8 @@ def test_result_shape():
     data = r.to_json()
     assert data["range"] == {"start": {"line": 3, "character": 0},
                              "end": {"line": 8, "character": 0}}
-    assert set(data) == {"uri", "range", "path", "folder", "symbol", "kind", "language",
-                         "score", "exit", "snippet"}
+    assert set(data) == {"uri", "range", "selectionRange", "path", "folder", "symbol", "kind",
+                         "language", "score", "exit", "snippet"}
 
 
 def test_create_server_builds_independent_servers():

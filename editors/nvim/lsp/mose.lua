@@ -11,6 +11,18 @@ return {
   root_dir = function(bufnr, on_dir)
     on_dir(config.root(bufnr))
   end,
-  init_options = { mose = config.server_settings(opts) },
+  -- `notifications`: this client handles the server's mose/* notifications (others get none).
+  init_options = { mose = vim.tbl_extend('force', config.server_settings(opts), { notifications = true }) },
   settings = { mose = config.server_settings(opts) },
+  handlers = {
+    -- An edit became searchable: `b:mose_indexed` holds the buffer version and its chunk
+    -- count (for a statusline), and `User MoseDocumentIndexed` fires.
+    ['mose/documentIndexed'] = function(_, params)
+      local bufnr = vim.uri_to_bufnr(params.uri)
+      if vim.api.nvim_buf_is_loaded(bufnr) then
+        vim.b[bufnr].mose_indexed = { version = params.version, chunks = params.chunks }
+      end
+      vim.api.nvim_exec_autocmds('User', { pattern = 'MoseDocumentIndexed', data = params })
+    end,
+  },
 }

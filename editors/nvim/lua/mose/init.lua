@@ -105,12 +105,19 @@ function M.to_items(response)
     if label == nil or label == vim.NIL then
       label = first_line(r.snippet)
     end
-    local lnum = r.range.start.line + 1
+    -- `range` is the whole chunk (decorators, docstring); `selectionRange` the symbol's name,
+    -- where the cursor should land.
+    local first = r.range.start.line + 1
     local last = r.range['end'].character == 0 and r.range['end'].line or r.range['end'].line + 1
+    local sel = r.selectionRange
+    local lnum, col = first, 0
+    if type(sel) == 'table' and sel.start ~= nil then
+      lnum, col = sel.start.line + 1, sel.start.character + 1
+    end
     items[#items + 1] = {
       filename = vim.uri_to_fname(r.uri),
       lnum = lnum,
-      col = 0, -- whole lines: no column
+      col = col,
       end_lnum = math.max(lnum, last),
       text = ('%s  %.3f'):format(label, r.score),
       user_data = { path = r.path, symbol = r.symbol, kind = r.kind, score = r.score, exit = r.exit },
