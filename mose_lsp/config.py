@@ -75,12 +75,16 @@ class Settings:
         known = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
         warnings: list[str] = []
+        defaults = cls()
         for raw_key, value in data.items():
             key = _snake(str(raw_key))
             if key not in known:
                 warnings.append(f"unknown setting {raw_key!r} ignored")
                 continue
-            ok, converted = _convert(key, value, getattr(cls(), key))
+            if value is None:  # JSON null: unset, the default (editors send null for "empty")
+                values[key] = getattr(defaults, key)
+                continue
+            ok, converted = _convert(key, value, getattr(defaults, key))
             if ok:
                 values[key] = converted
             else:
@@ -90,6 +94,35 @@ class Settings:
 
     def resolved_threads(self) -> int:
         return self.threads or max(1, min(4, os.cpu_count() or 1))
+
+
+def settings_schema() -> dict[str, dict[str, Any]]:
+    """Every setting as clients name it (camelCase) with its JSON type, default and bounds:
+    the one description that the editors' settings lists are tested against. ``null`` is
+    accepted for every key and means the default."""
+    out: dict[str, dict[str, Any]] = {}
+    defaults = Settings()
+    for f in fields(Settings):
+        default = getattr(defaults, f.name)
+        entry: dict[str, Any]
+        if f.name in ("model", "index_dir"):
+            entry = {"type": "string", "default": None}
+        elif isinstance(default, bool):
+            entry = {"type": "boolean", "default": default}
+        elif isinstance(default, (int, float)):
+            entry = {"type": "number" if isinstance(default, float) else "integer",
+                     "default": default}
+            lo, hi = _LIMITS[f.name]
+            entry.update(minimum=lo, maximum=hi)
+        else:
+            entry = {"type": "array", "items": "string", "default": list(default)}
+        out[_camel(f.name)] = entry
+    return out
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 def _snake(name: str) -> str:
