@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers_onnx import build_model_dir
+
 from mose_lsp.encoder import ExitEncoder, ModelEncoder
 from mose_lsp.errors import ModelDirError
 from mose_lsp.model_dir import InputFormat
@@ -68,12 +68,11 @@ def test_torch_and_onnx_encoders_feed_the_model_identical_ids_and_masks(tmp_path
     """A tiny MoSE checkpoint and its float export: the arrays that reach the PyTorch forward
     and the onnxruntime session are equal, batch by batch, truncation included."""
     torch = pytest.importorskip("torch")
+    from helpers_onnx import build_tokenizer
     from mose_export.exporter import export_model
     from mose_training.checkpoint import save_checkpoint
     from mose_training.evaluation import TorchEncoder
     from mose_training.model import MoSEEncoder
-
-    from helpers_onnx import build_tokenizer
 
     torch.manual_seed(0)
     model = MoSEEncoder.from_preset("tiny").eval()
