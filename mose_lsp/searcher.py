@@ -127,8 +127,8 @@ class Searcher:
                 identifier_tokens(query.text), LEXICAL_DEPTH,
                 workers=min(LEXICAL_WORKERS, idx.settings.resolved_threads()))
             lexical, lex_top = lexical_signal(lex_ids, lex_scores, LEXICAL_CANDIDATES, flt)
-        qs = self._query_vector(query, idx.index_exit, langs)
         if not rerank:
+            qs = self._query_vector(query, idx.index_exit, langs)
             if self.store.deep_ann is None:  # one index holds every shallow vector
                 found, scores = self.store.search_fresh(qs, k, flt)
                 ids = [int(i) for i in found]
@@ -142,7 +142,12 @@ class Searcher:
             n_deep = max(k, DEEP_CANDIDATES_FUSED) if weight > 0 else k
             ids, scores = self.store.search_deep(qd, n_deep, flt)
             deep_scores.update(zip(map(int, ids), map(float, scores)))
-        fresh_ids, fresh_scores = self.store.search_fresh(qs, idx.settings.rerank_candidates, flt)
+        if self.store.fresh_ann.count():
+            qs = self._query_vector(query, idx.index_exit, langs)
+            fresh_ids, fresh_scores = self.store.search_fresh(qs, idx.settings.rerank_candidates,
+                                                              flt)
+        else:  # the deep pass has reached every chunk: no shallow query (nor its exit's session)
+            fresh_ids, fresh_scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
         if lex_top:
             seen = set(deep_scores) | set(map(int, fresh_ids))
             extra = [i for i in lex_top if i not in seen]
