@@ -50,7 +50,7 @@ from .encoder import ModelEncoder
 from .errors import StoreError
 from .languages import detect_language
 from .service.lock import LockBusy, writer_lock
-from .store import FileMeta, Store, default_index_dir
+from .store import FileMeta, FileState, Store, default_index_dir
 from .walker import FileEntry, IgnoreRules, iter_files
 
 log = logging.getLogger(__name__)
@@ -359,7 +359,7 @@ class WorkspaceIndex:
         on_disk = {e.rel for e in entries}
         changed = [e for e in entries if not _same_state(known.get(e.rel), e)]
         report.files_unchanged = len(entries) - len(changed)
-        gone = [rel for rel in known if rel not in on_disk]
+        gone = {rel: state for rel, state in known.items() if rel not in on_disk}
         total = len(changed)
         at = 0
         while at < total:  # one batch per hold of the writer lock
@@ -370,15 +370,15 @@ class WorkspaceIndex:
             self.lock.yield_if_wanted()
         if gone and not (cancel is not None and cancel.is_set()):
             with self.writing("scan", wait_s):
-                for rel in gone:  # still gone, and not renamed meanwhile by another process
-                    if not (self.root / rel).exists() and self.store.delete_file(rel):
+                for rel, seen in gone.items():  # unless another process re-indexed it since
+                    if self.store.file_state(rel) == seen and self.store.delete_file(rel):
                         report.files_deleted += 1
         if self.store.dirty:  # a long scan saves as it goes; close saves the rest
             self.maybe_flush(SAVE_INTERVAL_S, wait_s)
         report.seconds = time.perf_counter() - started
         return report
 
-    def _scan_batch(self, changed: list[FileEntry], at: int, gone: list[str],
+    def _scan_batch(self, changed: list[FileEntry], at: int, gone: dict[str, FileState],
                     report: ScanReport, progress: ProgressFn | None,
                     cancel: threading.Event | None) -> int:
         """Index ``changed[at:]`` until about ``EMBED_POOL`` new chunks are embedded (writer
@@ -388,10 +388,9 @@ class WorkspaceIndex:
         pool = 0
         total = len(changed)
         gone_by_hash: dict[str, list[str]] = {}
-        for rel in gone:
+        for rel, seen in gone.items():
             state = self.store.file_state(rel)
-            if state is not None and state.content_hash and not state.skipped \
-                    and not (self.root / rel).exists():
+            if state == seen and state.content_hash and not state.skipped:
                 gone_by_hash.setdefault(state.content_hash, []).append(rel)
         while at < total and pool < EMBED_POOL:
             if cancel is not None and cancel.is_set():
@@ -405,7 +404,7 @@ class WorkspaceIndex:
                 meta, result = self._read(entry)
                 if state is None and (olds := gone_by_hash.get(meta.content_hash)):
                     old = olds.pop()
-                    gone.remove(old)
+                    del gone[old]
                     self.store.rename_file(old, entry.rel)  # keeps chunks and every vector
                     report.files_renamed += 1
                 item = self._prepare(entry.rel, meta, result)
