@@ -30,7 +30,6 @@ import threading
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lsprotocol import types as lsp
-from pygls.io_ import StdoutWriter
 
 if TYPE_CHECKING:
     from .handlers import MoseLanguageServer
@@ -88,9 +87,9 @@ def serve(server: MoseLanguageServer, tcp: tuple[str, int] | None = None,
 async def _serve(server: MoseLanguageServer, tcp: tuple[str, int] | None,
                  log_level: int) -> int | None:
     loop = asyncio.get_running_loop()
-    ending: asyncio.Future[tuple[str, int]] = loop.create_future()
+    ending: asyncio.Future[tuple[str, int | None]] = loop.create_future()
 
-    def end(reason: str, code: int) -> None:
+    def end(reason: str, code: int | None) -> None:
         if not ending.done():
             ending.set_result((reason, code))
 
@@ -102,7 +101,7 @@ async def _serve(server: MoseLanguageServer, tcp: tuple[str, int] | None,
     tcp_server = None
     try:
         if tcp is None:
-            server.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
+            server.protocol.set_writer(_Writer(sys.stdout.buffer))
             threading.Thread(target=_read_frames, args=(_FdReader(sys.stdin.fileno()), loop,
                                                         messages),
                              name="mose-stdin", daemon=True).start()
@@ -110,8 +109,11 @@ async def _serve(server: MoseLanguageServer, tcp: tuple[str, int] | None,
             tcp_server = await _accept_one(server, tcp, messages)
         pump = asyncio.ensure_future(_pump(server, messages, end))
         reason, code = await ending
+        handler.closed = True  # the client may be gone: logs go to stderr and the file only
         log.info("ending (%s): closing the indexes", reason)
         clean = await server.service.close()
+        if code is None:  # (a `shutdown` handled just before the end of input has run now)
+            code = 0 if server.shutdown_requested else 1
         pump.cancel()
         log.info("closed%s", "" if clean else " (not all indexes in time)")
         return code if clean else None
@@ -120,6 +122,30 @@ async def _serve(server: MoseLanguageServer, tcp: tuple[str, int] | None,
         logging.getLogger().removeHandler(handler)
         if tcp_server is not None:
             tcp_server.close()
+
+
+class _Writer:
+    """stdout for the protocol; once the client has gone (a broken pipe), later messages (a
+    progress end while closing) are dropped instead of logged as errors with a traceback."""
+
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+        self.broken = False
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        except OSError:
+            pass
+
+    def write(self, data: bytes) -> None:
+        if self.broken:
+            return
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+        except (OSError, ValueError):  # broken pipe, or closed
+            self.broken = True
 
 
 def _handle_signals(loop: asyncio.AbstractEventLoop, end: Any) -> None:
@@ -150,7 +176,7 @@ async def _pump(server: MoseLanguageServer, messages: asyncio.Queue[bytes | None
     while True:
         body = await messages.get()
         if body is None:
-            end("end of input", 0 if server.shutdown_requested else 1)
+            end("end of input", None)  # the code once closed: did `shutdown` come first?
             return
         try:
             message = json.loads(body, object_hook=protocol.structure_message)

@@ -32,6 +32,7 @@ import collections
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -192,6 +193,7 @@ class MoseService(SettingsSync, Workspace, Documents, Requests):
         for task in list(self._tasks):
             task.cancel()
         folders = list(self.folders.values())
+        started = time.monotonic()
         clean = True
         try:
             # The folders stay listed until closed: a caller that comes later (end of input
@@ -205,6 +207,7 @@ class MoseService(SettingsSync, Workspace, Documents, Requests):
                       ", ".join(f.name for f in folders if f.state != "closed"))
         self.folders.clear()
         self._readers.shutdown(wait=False, cancel_futures=True)
+        log.info("%d folder(s) closed in %.2fs", len(folders), time.monotonic() - started)
         return clean
 
     # -- cancellation
