@@ -97,6 +97,7 @@ def _flow(ws: Path, idx: Path, model_path: Path) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow  # the CLI flow in subprocesses
 def test_the_cli_flow_and_the_server_open_no_network_connection(tmp_path, model_path):
     ws = make_workspace(tmp_path / "ws")
     env = _no_network_env(tmp_path)
@@ -163,6 +164,7 @@ def _allowed_roots(*extra: Path) -> list[str]:
 @pytest.mark.skipif(shutil.which("strace") is None,
                     reason="strace is not installed (apt-get install strace): cannot trace "
                            "the files the CLI opens")
+@pytest.mark.slow  # the CLI flow in subprocesses
 def test_the_cli_flow_opens_no_file_outside_its_folders(tmp_path, model_path):
     ws = make_workspace(tmp_path / "ws")
     neighbour = tmp_path / "neighbour"  # next to the workspace: must never be opened
@@ -204,6 +206,7 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.mark.slow  # the CLI flow in subprocesses
 def test_index_folders_are_0700_and_files_0600_after_the_cli_flow(tmp_path, model_path):
     ws = make_workspace(tmp_path / "ws")
     idx = tmp_path / "deep" / "idx"
