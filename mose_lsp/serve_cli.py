@@ -73,6 +73,11 @@ def register(app: typer.Typer) -> None:
             if value not in LOG_LEVELS:
                 raise typer.BadParameter(f"expected one of {', '.join(LOG_LEVELS)}",
                                          param_hint=hint)
+        early = None
+        if not tcp:  # answer `initialize` while the LSP libraries import (mose_lsp/lsp/stdio.py)
+            from .lsp.stdio import EarlyStdio
+
+            early = EarlyStdio().start()
         _logging(log_level, log_file, stderr_level)
         from .service.memory import limit_allocator_arenas
 
@@ -89,5 +94,5 @@ def register(app: typer.Typer) -> None:
         # Runs until `exit`, the end of input or a signal, and closes every index before
         # returning (mose_lsp/lsp/lifecycle.py).
         code = serve(create_server(settings), (host, port) if tcp else None,
-                     logging.getLevelName(log_level.upper()))
+                     logging.getLevelName(log_level.upper()), early)
         raise typer.Exit(code)

@@ -26,10 +26,11 @@ import logging
 import os
 import signal
 import sys
-import threading
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types as lsp
+
+from .stdio import EarlyStdio, Writer
 
 if TYPE_CHECKING:
     from .handlers import MoseLanguageServer
@@ -75,9 +76,11 @@ class ClientLogHandler(logging.Handler):
 
 
 def serve(server: MoseLanguageServer, tcp: tuple[str, int] | None = None,
-          log_level: int = logging.INFO) -> int:
-    """Run the server until it ends (see the module docstring); the process exit code."""
-    code = asyncio.run(_serve(server, tcp, log_level))
+          log_level: int = logging.INFO, early: EarlyStdio | None = None) -> int:
+    """Run the server until it ends (see the module docstring); the process exit code.
+    ``early``: stdin already being read (and ``initialize`` answered) since before the
+    server's imports (:mod:`.stdio`)."""
+    code = asyncio.run(_serve(server, tcp, log_level, early))
     if code is None:  # the indexes did not close in time: threads may still hold the exit
         logging.shutdown()
         os._exit(1)
@@ -85,7 +88,7 @@ def serve(server: MoseLanguageServer, tcp: tuple[str, int] | None = None,
 
 
 async def _serve(server: MoseLanguageServer, tcp: tuple[str, int] | None,
-                 log_level: int) -> int | None:
+                 log_level: int, early: EarlyStdio | None) -> int | None:
     loop = asyncio.get_running_loop()
     ending: asyncio.Future[tuple[str, int | None]] = loop.create_future()
 
@@ -101,10 +104,16 @@ async def _serve(server: MoseLanguageServer, tcp: tuple[str, int] | None,
     tcp_server = None
     try:
         if tcp is None:
-            server.protocol.set_writer(_Writer(sys.stdout.buffer))
-            threading.Thread(target=_read_frames, args=(_FdReader(sys.stdin.fileno()), loop,
-                                                        messages),
-                             name="mose-stdin", daemon=True).start()
+            early = early or EarlyStdio().start()
+            server.protocol.set_writer(Writer(sys.stdout.buffer, early))
+
+            def sink(item: bytes | None) -> None:  # from the reading thread
+                try:
+                    loop.call_soon_threadsafe(messages.put_nowait, item)
+                except RuntimeError:  # the loop is closed: the server ended first
+                    pass
+
+            early.attach(sink)
         else:
             tcp_server = await _accept_one(server, tcp, messages)
         pump = asyncio.ensure_future(_pump(server, messages, end))
@@ -122,30 +131,6 @@ async def _serve(server: MoseLanguageServer, tcp: tuple[str, int] | None,
         logging.getLogger().removeHandler(handler)
         if tcp_server is not None:
             tcp_server.close()
-
-
-class _Writer:
-    """stdout for the protocol; once the client has gone (a broken pipe), later messages (a
-    progress end while closing) are dropped instead of logged as errors with a traceback."""
-
-    def __init__(self, stream: BinaryIO):
-        self.stream = stream
-        self.broken = False
-
-    def close(self) -> None:
-        try:
-            self.stream.close()
-        except OSError:
-            pass
-
-    def write(self, data: bytes) -> None:
-        if self.broken:
-            return
-        try:
-            self.stream.write(data)
-            self.stream.flush()
-        except (OSError, ValueError):  # broken pipe, or closed
-            self.broken = True
 
 
 def _handle_signals(loop: asyncio.AbstractEventLoop, end: Any) -> None:
@@ -183,84 +168,6 @@ async def _pump(server: MoseLanguageServer, messages: asyncio.Queue[bytes | None
             protocol.handle_message(message)
         except Exception:
             log.exception("cannot handle a message")
-
-
-class _FdReader:
-    """``readline``/``read`` straight from a file descriptor. The reading thread is a daemon
-    blocked in a read when the process exits; a read through ``sys.stdin.buffer`` would hold
-    its lock then, which aborts the interpreter's shutdown."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.buf = bytearray()
-        self.eof = False
-
-    def _fill(self) -> bool:
-        if self.eof:
-            return False
-        chunk = os.read(self.fd, 65536)
-        if not chunk:
-            self.eof = True
-            return False
-        self.buf += chunk
-        return True
-
-    def readline(self) -> bytes:
-        while (end := self.buf.find(b"\n")) < 0:
-            if not self._fill():
-                end = len(self.buf) - 1
-                break
-        line = bytes(self.buf[:end + 1])
-        del self.buf[:end + 1]
-        return line
-
-    def read(self, n: int) -> bytes:
-        while len(self.buf) < n and self._fill():
-            pass
-        data = bytes(self.buf[:n])
-        del self.buf[:n]
-        return data
-
-
-def _read_frames(stream: _FdReader | BinaryIO, loop: asyncio.AbstractEventLoop,
-                 messages: asyncio.Queue[bytes | None]) -> None:
-    """Read ``Content-Length`` framed messages on a daemon thread (a blocked read must not
-    hold the process's exit); None marks the end of input."""
-    def put(item: bytes | None) -> None:
-        try:
-            loop.call_soon_threadsafe(messages.put_nowait, item)
-        except RuntimeError:  # the loop is closed: the server ended first
-            pass
-
-    try:
-        while True:
-            length = _header(stream.readline)
-            if length is None:
-                return
-            body = stream.read(length)
-            if len(body) < length:
-                return
-            put(body)
-    except (OSError, ValueError) as err:
-        log.info("input closed: %s", err)
-    finally:
-        put(None)
-
-
-def _header(readline: Any) -> int | None:
-    """The content length of the next message (None at the end of input)."""
-    length: int | None = None
-    while True:
-        line = readline()
-        if not line:
-            return None
-        if not line.strip():
-            if length is not None:
-                return length
-            continue
-        name, _, value = line.decode("ascii", "replace").partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value.strip())
 
 
 async def _accept_one(server: MoseLanguageServer, address: tuple[str, int],
