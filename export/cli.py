@@ -84,6 +84,9 @@ def export(
     measure_cost: Annotated[bool, typer.Option(
         "--measure-cost", help="Measure each exit's relative encode cost (default: computed "
                                "from its layer count).")] = False,
+    calibration: Annotated[Path | None, typer.Option(
+        "--calibration", help="Pairs JSONL whose seeded sample (128 texts) calibrates the int8 "
+                              "smoothing (default: the parity inputs).")] = None,
 ) -> None:
     """Export SOURCE to --out: ONNX files cut at each exit, tokenizer, manifest; parity checked."""
     try:
@@ -91,12 +94,13 @@ def export(
             import torch  # noqa: F401
         except ImportError as err:
             raise MissingExtraError("'mose export'", "train", "torch") from err
-        from .exporter import export_model
+        from .exporter import calibration_samples, export_model
 
         result = export_model(
             source, out, parse_exits(exits), int8=int8, max_tokens=max_tokens,
             index_exit=index_exit, rerank_exit=rerank_exit, force=force, name=name,
             model_version=model_version, measure_cost=measure_cost,
+            calibration=calibration_samples(calibration) if calibration else None,
             log=lambda msg: typer.echo(msg, err=True))
     except MoseError as err:
         typer.echo(f"error: {err}", err=True)

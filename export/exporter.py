@@ -6,7 +6,8 @@ in a PyPI wheel (``all-minilm-l6-v2``: the hf-adapter on it, exits untrained).
 
 Steps: per exit, trace ``exit_module(layer)`` to ONNX, check that the graph holds exactly
 ``layer`` attention blocks, check float parity with PyTorch, optionally quantise (int8,
-dynamic, per channel) and check cosine parity; copy the tokenizer; write the manifest with
+dynamic, per channel, after smoothing activation outliers into the weights; the exit head's
+weights int8 behind a dequantise, its activations float) and check cosine parity; copy the tokenizer; write the manifest with
 checksums; re-read the directory with ``load_model_dir``. Everything happens in a temporary
 folder next to ``out`` that is renamed into place only when all checks pass, so a failed
 export leaves nothing half-written.
@@ -40,7 +41,7 @@ from mose_lsp.model_dir import (
 )
 
 from .errors import ExportError
-from .inputs import InputEncoder
+from .inputs import InputEncoder, Sample, parity_samples
 from .onnx_export import (
     INT8,
     OPSET,
@@ -48,7 +49,12 @@ from .onnx_export import (
     check_cut,
     check_io,
     export_exit,
+    SMOOTH_ALPHA,
+    head_matmuls,
     quantize_int8,
+    smooth_activations,
+    split_gemms,
+    weight_only_int8,
 )
 from .parity import DEFAULT_MIN_COSINE, DEFAULT_TOLERANCE, ExitParity, ParityChecker, ParityReport
 
@@ -206,6 +212,7 @@ def export_model(
     tolerance: float = DEFAULT_TOLERANCE,
     min_cosine: float = DEFAULT_MIN_COSINE,
     measure_cost: bool = False,
+    calibration: Sequence[Sample] | None = None,
     log: Log | None = None,
 ) -> ExportResult:
     """Export ``source`` (checkpoint folder or base-model name) to the model directory ``out``.
@@ -222,7 +229,7 @@ def export_model(
     return export_loaded(loaded, out, exits, int8=int8, max_tokens=max_tokens,
                          index_exit=index_exit, rerank_exit=rerank_exit, force=force, name=name,
                          model_version=model_version, tolerance=tolerance, min_cosine=min_cosine,
-                         measure_cost=measure_cost, log=log)
+                         measure_cost=measure_cost, calibration=calibration, log=log)
 
 
 def export_loaded(
@@ -240,9 +247,13 @@ def export_loaded(
     tolerance: float = DEFAULT_TOLERANCE,
     min_cosine: float = DEFAULT_MIN_COSINE,
     measure_cost: bool = False,
+    calibration: Sequence[Sample] | None = None,
     log: Log | None = None,
 ) -> ExportResult:
-    """Export an already loaded model (see ``export_model``)."""
+    """Export an already loaded model (see ``export_model``).
+
+    ``calibration``: the inputs whose activation ranges set the int8 smoothing (default: the
+    parity inputs); pass a fixed set for an export that must reproduce."""
     say = log or (lambda _msg: None)
     out = Path(out).expanduser()
     _prepare_out(out, force)
@@ -262,6 +273,8 @@ def export_loaded(
     encoder = InputEncoder(loaded.tokenizer, text_format, code_format, tokens, info.pad_id)
     checker = ParityChecker(model, encoder, tolerance=tolerance, min_cosine=min_cosine,
                             layers=layers)
+    calib_samples = list(calibration) if calibration else parity_samples()
+    calib_rows = [encoder.batch([sample]) for sample in calib_samples]  # one input per run
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
@@ -270,7 +283,7 @@ def export_loaded(
         results, specs = [], []
         for layer in layers:
             say(f"exit {layer}: exporting ...")
-            checks = _export_one(model, layer, staged, checker, int8)
+            checks = _export_one(model, layer, staged, checker, int8, calib_rows)
             results.extend(checks)
             result = checks[-1]
             specs.append(ExitSpec(layer=layer, file=result.file, dim=result.dim,
@@ -296,6 +309,14 @@ def export_loaded(
                 "relative_cost": "exit layer / deepest exported layer (all blocks cost the same)",
                 "relative_cost_method": "layers",
                 "parity": report.to_json(),
+                **({"int8": {
+                    "method": "onnxruntime dynamic int8, per channel (MatMul weights and "
+                              "embeddings); activations smoothed first (SmoothQuant); the exit "
+                              "heads' weights int8 with float activations",
+                    "smooth_alpha": SMOOTH_ALPHA,
+                    "calibration_inputs": len(calib_samples),
+                    "calibration": "given" if calibration else "the parity inputs",
+                }} if int8 else {}),
             },
         )
         manifest = write_manifest(staged, manifest)
@@ -333,7 +354,7 @@ def _measured_costs(root: Path, manifest: Manifest, items: int = 64) -> Manifest
 
 
 def _export_one(model: torch.nn.Module, layer: int, staged: Path, checker: ParityChecker,
-                int8: bool) -> list[ExitParity]:
+                int8: bool, calib_rows: list) -> list[ExitParity]:
     """Trace, inspect, check and (optionally) quantise one exit into ``staged``.
 
     Returns the parity of each file made, the float one first; the last is the one kept.
@@ -354,8 +375,14 @@ def _export_one(model: torch.nn.Module, layer: int, staged: Path, checker: Parit
         checked = checker.check(traced, layer, "none")  # float parity, before any quantisation
         if int8:
             final = staged / f"layer{layer}.int8.onnx"
+            split = scratch / f"layer{layer}.split.onnx"
+            split_gemms(traced, split)  # the head's Linear becomes a MatMul we can name
+            heads = head_matmuls(split)
+            smoothed = scratch / f"layer{layer}.smoothed.onnx"
+            smooth_activations(split, smoothed, calib_rows)
             with _quiet_quantizer():
-                quantize_int8(traced, final)
+                quantize_int8(smoothed, final, nodes_to_exclude=heads)
+            weight_only_int8(final, heads)
             return [replace(checked, kept=False), checker.check(final, layer, INT8)]
         if external or traced.stat().st_size > PROTOBUF_LIMIT:
             raise ExportError(f"exit {layer} is larger than 2 GB in float32 and would need ONNX "
@@ -378,6 +405,24 @@ def _quiet_quantizer() -> Iterator[None]:
         yield
     finally:
         root.setLevel(level)
+
+
+def calibration_samples(pairs: str | Path, n: int = 128, seed: int = 1) -> list[Sample]:
+    """A seeded sample of a pairs JSONL file as calibration inputs: half queries, half code."""
+    import json
+    import random
+
+    try:
+        with Path(pairs).open(encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+    except (OSError, ValueError) as err:
+        raise ExportError(f"cannot read calibration pairs {pairs}: {err}") from err
+    if not rows or not all("query" in r and "code" in r for r in rows):
+        raise ExportError(f"{pairs} is not a pairs file (JSONL records with query and code)")
+    chosen = random.Random(seed).sample(rows, min(n, len(rows)))
+    half = len(chosen) // 2
+    return ([Sample("text", r["query"]) for r in chosen[:half]]
+            + [Sample("code", r["code"], r.get("lang", "")) for r in chosen[half:]])
 
 
 def verify_model_dir(model: torch.nn.Module, path: str | Path, tokenizer: str | Path | None = None,

@@ -289,3 +289,63 @@ def test_released_layout_folder_exports(tiny, tmp_path):
     assert prov["source"] == "released" and prov["kind"] == "mose-starcoder2"
     assert len(prov["weight_files"]) == 2 and prov["weights"].startswith("sha256:")
     assert load_model_dir(tmp_path / "out").manifest.exits[0].layer == 2
+
+
+class _PooledHead(torch.nn.Module):
+    """Embedding -> Linear per token -> masked mean -> Linear head: the shape of an exit."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, dim)
+        self.block = torch.nn.Linear(dim, dim, bias=False)
+        self.head = torch.nn.Linear(dim, dim)  # with a bias: exported as a Gemm
+
+    def forward(self, input_ids, attention_mask):
+        h = torch.relu(self.block(self.emb(input_ids)))  # (B, T, D)
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)  # (B, D)
+        return torch.nn.functional.normalize(self.head(pooled), dim=-1)
+
+
+def test_head_weights_stay_int8_with_float_activations(tmp_path):
+    import onnxruntime as ort
+    from mose_export.onnx_export import (
+        export_exit,
+        head_matmuls,
+        quantize_int8,
+        smooth_activations,
+        split_gemms,
+        weight_only_int8,
+    )
+
+    torch.manual_seed(0)
+    module = _PooledHead().eval()
+    ids = torch.randint(0, 50, (3, 7)).numpy()
+    mask = np.ones((3, 7), dtype=np.int64)
+    mask[0, 4:] = 0
+    traced = tmp_path / "traced.onnx"
+    export_exit(module, traced, ids, mask)
+    assert op_counts(traced)["Gemm"] == 1
+    src = tmp_path / "exit.onnx"
+    assert split_gemms(traced, src) == 1 and op_counts(src)["Gemm"] == 0
+    heads = head_matmuls(src)
+    assert len(heads) == 1  # the per-token Linear acts on (B, T, D): not a head
+    rows = [(ids[i:i + 1], mask[i:i + 1]) for i in range(3)]
+    smoothed = tmp_path / "smoothed.onnx"
+    assert smooth_activations(src, smoothed, rows) == 1  # the block's input, not the head's
+    dst = tmp_path / "exit.int8.onnx"
+    quantize_int8(smoothed, dst, nodes_to_exclude=heads)
+    weight_only_int8(dst, heads)
+    counts = op_counts(dst)
+    assert counts["DequantizeLinear"] >= 1 and counts["MatMulInteger"] == 1  # block: int8
+    model = onnx.load(str(dst))
+    int8_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert any(i.name.endswith("_int8") for i in int8_weights)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    ref = ort.InferenceSession(str(traced)).run(None, feeds)[0]
+    same = ort.InferenceSession(str(smoothed)).run(None, feeds)[0]
+    assert np.abs(same - ref).max() < 1e-5  # splitting and smoothing keep the function
+    got = ort.InferenceSession(str(dst)).run(None, feeds)[0]
+    assert float((ref * got).sum(1).min()) > 0.99
+    with pytest.raises(ExportError, match="no nodes"):
+        weight_only_int8(dst, ["no-such-node"])
