@@ -73,15 +73,15 @@ def register(app: typer.Typer) -> None:
             if value not in LOG_LEVELS:
                 raise typer.BadParameter(f"expected one of {', '.join(LOG_LEVELS)}",
                                          param_hint=hint)
+        from .service.memory import limit_allocator_arenas
+
+        limit_allocator_arenas()  # before any thread starts: see mose_lsp/service/memory.py
         early = None
         if not tcp:  # answer `initialize` while the LSP libraries import (mose_lsp/lsp/stdio.py)
             from .lsp.stdio import EarlyStdio
 
             early = EarlyStdio().start()
         _logging(log_level, log_file, stderr_level)
-        from .service.memory import limit_allocator_arenas
-
-        limit_allocator_arenas()  # before any worker thread: see mose_lsp/service/memory.py
         settings, warnings = Settings.from_dict({
             "model": str(model) if model else None,
             "index_dir": str(index_dir) if index_dir else None,
