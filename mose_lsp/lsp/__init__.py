@@ -21,13 +21,13 @@ from typing import Any
 _WHERE = {
     "Doc": "folders", "Folder": "folders", "folder_settings": "folders",
     "index_dir_of": "folders", "MoseLanguageServer": "handlers", "create_server": "handlers",
-    "serve": "lifecycle", "QueryText": "requests", "query_from_text": "requests",
+    "serve": "lifecycle", "query_from_text": "requests",
     "Cancelled": "rpc", "MoseProtocol": "rpc", "RequestFailed": "rpc",
     "MoseService": "session",
 }
 
 __all__ = ["Cancelled", "Doc", "Folder", "MoseLanguageServer", "MoseProtocol", "MoseService",
-           "QueryText", "RequestFailed", "create_server", "folder_settings", "index_dir_of",
+           "RequestFailed", "create_server", "folder_settings", "index_dir_of",
            "query_from_text", "serve"]
 
 

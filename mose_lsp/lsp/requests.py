@@ -8,7 +8,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types as lsp
@@ -29,6 +28,7 @@ from ..protocol import (
     lsp_range,
     snippet,
 )
+from ..similar import QueryError, SimilarQuery, file_query
 from .folders import Folder, folder_settings, index_dir_of
 from .rpc import Cancelled, RequestFailed
 
@@ -39,46 +39,15 @@ if TYPE_CHECKING:
 SKIPPED_LISTED = 200  # skipped files listed by mose.status (all are counted)
 
 
-@dataclass(frozen=True)
-class QueryText:
-    text: str
-    lang: str
-    rel: str
-    lines: tuple[int, int] | None  # the query's own lines (None: the whole file)
-    content_hash: str | None = None  # the chunk's, when the query is the chunk at a position
-
-
-def query_from_text(rel: str, text: str, args: SimilarArgs, max_bytes: int) -> QueryText:
-    """The query of ``mose.similar``: the innermost chunk around the position, the lines of
-    the range, or the whole text."""
-    from ..chunker import ChunkLimits, chunk_source
-    from ..languages import detect_language
-
-    lang = detect_language(rel) or ""
-    lines = text.splitlines()
-    if args.range is not None:
-        start, end = args.range.lines()
-        if start >= len(lines):
-            raise ParamsError(f"mose.similar: line {start + 1} is past the end of {rel} "
-                              f"({len(lines)} lines)")
-        body = "\n".join(lines[start:end + 1])
-        if not body.strip():
-            raise ParamsError(f"mose.similar: lines {start + 1}-{end + 1} of {rel} are blank")
-        return QueryText(body, lang, rel, (start, end))
-    if args.position is None:
-        if not text.strip():
-            raise ParamsError(f"mose.similar: {rel} is empty")
-        return QueryText(text, lang, rel, None)
-    line = args.position.line
-    result = chunk_source(rel, text, ChunkLimits(max_file_bytes=max_bytes))
-    if result.skipped is not None:
-        raise ParamsError(f"mose.similar: {rel} is not indexed code ({result.skipped.message})")
-    around = [c for c in result.chunks if c.start_line <= line <= c.end_line]
-    if not around:
-        raise ParamsError(f"mose.similar: no code around line {line + 1} of {rel}")
-    chunk = min(around, key=lambda c: c.end_line - c.start_line)
-    return QueryText(chunk.text, chunk.language or lang, rel, (chunk.start_line, chunk.end_line),
-                     chunk.content_hash)
+def query_from_text(rel: str, text: str, args: SimilarArgs, max_bytes: int) -> SimilarQuery:
+    """The query of ``mose.similar`` (:mod:`mose_lsp.similar`, shared with the service): the
+    innermost chunk around the position, the lines of the range, or the whole text."""
+    start, end = args.range.lines() if args.range is not None else (
+        args.position.line if args.position is not None else None, None)
+    try:
+        return file_query(rel, text, start, end, max_bytes)
+    except QueryError as err:
+        raise ParamsError(f"{SimilarArgs.COMMAND}: {err}") from None
 
 
 class Requests:
@@ -175,7 +144,6 @@ class Requests:
                                       f"{err.strerror or err}") from err
                 text = raw.decode("utf-8", errors="replace")
             q = query_from_text(rel, text, args, max_bytes)
-            extra = 8 if q.lines is not None else min(200, len(text.splitlines()) // 5 + 8)
             vectors, vectors_model = {}, ""
             searcher = own.searcher
             if q.content_hash is not None and searcher is not None:
@@ -184,16 +152,13 @@ class Requests:
                 stored = searcher.stored_chunk(rel, q.content_hash, q.text)
                 if stored is not None:
                     vectors, vectors_model = searcher.stored_vectors(stored), searcher.model_id
-            query = Query(q.text, "code", lang=q.lang, k=k + extra,
+            query = Query(q.text, "code", lang=q.lang, k=q.candidates(k),
                           languages=args.filters.languages, path_glob=args.filters.path_glob,
                           vectors=vectors, vectors_model=vectors_model)
 
             def keep(folder: Folder, hit: Hit) -> bool:
-                if folder is not own or hit.path != rel:
-                    return True
-                if q.lines is None:
-                    return False
-                return hit.end_line < q.lines[0] or hit.start_line > q.lines[1]
+                return folder is not own or not q.is_own(hit.path, hit.start_line, hit.end_line,
+                                                         hit.text, hit.symbol)
 
             return self._search_job(folders, query, cancel, keep)
 

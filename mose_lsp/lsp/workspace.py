@@ -126,11 +126,12 @@ class Workspace:
     async def _start_folder(self, folder: Folder, cancel: threading.Event | None = None) -> None:
         settings = folder.settings = folder_settings(self.settings, folder.root)
         cancel = cancel or threading.Event()
+        loading = self.model_for(self.settings)  # starts now, while the bar is being created
         # The bar shows from the start: loading the model and opening the index come first.
         bar = await self.progress(f"mose: indexing {folder.name}", "loading the model",
                                   cancellable=True, on_cancel=cancel.set)
         try:
-            model = await asyncio.shield(self.model_for(self.settings))
+            model = await asyncio.shield(loading)
             bar.report(0, "opening the index")
             index = await self.run(folder.writer, open_job, folder, settings, model)
         except Exception as err:  # noqa: BLE001 (any failure: the folder is marked and logged)
