@@ -21,9 +21,10 @@ folders=None, fresh=True, wait_s=FRESH_WAIT_S) -> SearchResult``
     which folder, who writes, and what this call updated).
 
 ``service.similar(path=..., start_line=None, end_line=None | text=..., language="", limit,
-languages, path_glob, folders, fresh, wait_s) -> SearchResult``
+languages, path_glob, folders, fresh, wait_s, keep_own=False) -> SearchResult``
     Code like the chunk around a line, a line range, a whole file, or a pasted snippet;
-    the query's own code is left out. Lines are 0-based.
+    the query's own code (and, for the chunk at a line, the other chunks of its symbol in
+    that file) is left out unless ``keep_own``. Lines are 0-based.
 
 ``service.status(folders=None, count_pending=True) -> list[FolderStatus]``
     Files, chunks, deep coverage, files changed since indexed, and whether a writer (this
@@ -51,9 +52,12 @@ Readers take no lock: they read SQLite's last commit, and each file's change is 
 transaction. A search that computed deep vectors on the fly stores them only if the lock is
 free at that moment; otherwise the deep pass makes them later.
 
-Front ends: the language server keeps unsaved buffers (``WorkspaceIndex.update_text``) and
-the LSP types; the MCP server (:mod:`mose_lsp.mcp`) and the CLI call this layer for search,
-similar, status and reindex.
+Unsaved editor buffers (``WorkspaceIndex.update_text``) are recorded with minus the writer's
+pid as their mtime: other processes' updates leave them while that process lives.
+
+Front ends: the language server keeps unsaved buffers and the LSP types; the MCP server
+(:mod:`mose_lsp.mcp`) and the CLI call this layer for search, similar, status and reindex.
+Servers call :func:`.memory.limit_allocator_arenas` first thing (see :mod:`.memory`).
 """
 
 from __future__ import annotations
