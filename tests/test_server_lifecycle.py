@@ -158,3 +158,58 @@ def test_opted_in_client_gets_document_indexed(tmp_path, model_path):
         assert client.wait(60) == 0
     finally:
         client.kill()
+
+
+def test_tcp_session_ends_cleanly(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen([sys.executable, "-m", "mose_lsp", "serve", "--tcp", "--port",
+                             str(port), "--log-file", str(log)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "no TCP server"
+                time.sleep(0.1)
+        stream = conn.makefile("rwb")
+
+        def send(message: dict) -> None:
+            body = json.dumps({"jsonrpc": "2.0", **message}).encode()
+            stream.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            stream.flush()
+
+        def answer(msg_id: int) -> dict:
+            while True:
+                length = None
+                while (line := stream.readline()).strip() or length is None:
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                message = json.loads(stream.read(length))
+                if message.get("id") == msg_id:
+                    return message
+
+        send({"id": 1, "method": "initialize", "params": {
+            "processId": None, "rootUri": None, "capabilities": {}}})
+        assert answer(1)["result"]["serverInfo"]["name"] == "mose"
+        send({"method": "initialized", "params": {}})
+        send({"id": 2, "method": "shutdown"})
+        assert answer(2)["result"] is None
+        send({"method": "exit"})
+        assert proc.wait(60) == 0
+        conn.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read().decode()
+    assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
+    assert "ending (exit)" in log.read_text()

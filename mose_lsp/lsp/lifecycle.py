@@ -68,7 +68,7 @@ class ClientLogHandler(logging.Handler):
             self.handleError(record)
 
     def _send(self, kind: lsp.MessageType, text: str) -> None:
-        if not self.closed:
+        if not self.closed and self.server.protocol.writer is not None:  # (TCP: connected)
             try:
                 self.server.window_log_message(lsp.LogMessageParams(type=kind, message=text))
             except Exception:  # noqa: BLE001 (the connection is gone: drop the log line)
@@ -180,7 +180,7 @@ async def _accept_one(server: MoseLanguageServer, address: tuple[str, int],
             writer.close()  # one client per server
             return
         connected.set()
-        server.protocol.set_writer(writer)  # type: ignore[arg-type]
+        server.protocol.set_writer(_SocketWriter(writer))  # type: ignore[arg-type]
         try:
             while True:
                 length = await _aheader(reader)
@@ -189,11 +189,27 @@ async def _accept_one(server: MoseLanguageServer, address: tuple[str, int],
                 messages.put_nowait(await reader.readexactly(length))
         except (OSError, asyncio.IncompleteReadError, ValueError) as err:
             log.info("connection closed: %s", err)
+        except asyncio.CancelledError:  # the server ended first (exit, a signal)
+            return
         messages.put_nowait(None)
 
     tcp_server = await asyncio.start_server(on_connect, *address)
     log.info("listening on %s:%s", *address)
     return tcp_server
+
+
+class _SocketWriter:
+    """The TCP connection for the protocol; writes after the client left are dropped."""
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def write(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(data)
 
 
 async def _aheader(reader: asyncio.StreamReader) -> int | None:
