@@ -379,10 +379,12 @@ async def startup(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def startup_table(result: dict[str, Any]) -> str:
-    lines = [f"server start on a fresh workspace ({len(result['modules'])} stdlib modules), "
-             f"{len(result['runs'])} runs; {result['machine']['cpus']} CPUs, load "
-             f"{result['machine']['load_average_start']} -> {result['machine']['load_average_end']}",
-             "", "| measurement | n | p50 ms | mean ms | max ms |", "|---|---:|---:|---:|---:|"]
+    machine = result["machine"]
+    title = (f"server start on a fresh workspace ({len(result['modules'])} stdlib modules), "
+             f"{len(result['runs'])} runs; {machine['cpus']} CPUs, load "
+             f"{machine['load_average_start']} -> {machine['load_average_end']}")
+    lines = [title, "", "| measurement | n | p50 ms | mean ms | max ms |",
+             "|---|---:|---:|---:|---:|"]
     for name, s in result["summary"].items():
         lines.append(f"| {name} | {s['n']} | {s['p50_ms']:.0f} | {s['mean_ms']:.0f} | "
                      f"{s['max_ms']:.0f} |")

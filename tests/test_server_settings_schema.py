@@ -57,4 +57,4 @@ def test_neovim_help_and_protocol_doc_list_every_setting():
     assert set(re.findall(r"`(\w+)`", paragraph)) == schema
     doc = (REPO / "docs" / "protocol.md").read_text()
     table = doc.split("| key | type | default | meaning |", 1)[1].split("\n\n", 1)[0]
-    assert set(re.findall(r"^\| `(\w+)` \|", table, re.M)) == schema
+    assert set(re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE)) == schema
