@@ -247,6 +247,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         options = {"model": str(args.model), "indexDir": str(tmp / "index"),
                    "debounceMs": args.debounce_ms, "threads": args.threads,
                    "watcher": "off"}
+        # mose/documentIndexed (timing edits) comes only to a client that asks for it.
+        init_options = {**options, "notifications": True}
         t_start = time.perf_counter()
         await client.initialize_session(lsp.InitializeParams(
             capabilities=lsp.ClientCapabilities(
@@ -254,7 +256,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 workspace=lsp.WorkspaceClientCapabilities(configuration=False)),
             workspace_folders=[lsp.WorkspaceFolder(uri=from_fs_path(str(folder)),
                                                    name=folder.name)],
-            initialization_options={"mose": options}))
+            initialization_options={"mose": init_options}))
         title = f"mose: indexing {folder.name}"
         # Wait until indexing really runs (the model is loaded, the scan reports).
         while not (bench.progress(title) and len(bench.progress(title) or []) > 2):
