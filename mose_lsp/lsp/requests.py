@@ -190,6 +190,7 @@ class Requests:
                         "documents": sum(1 for d in docs if d.indexed_version != d.version)},
             "openDocuments": sum(1 for d in docs if d.overlay),
             "deepCoverage": None, "deepFilling": folder.deep_filling, "model": None,
+            "writer": None,
             "skipped": {}, "skippedFiles": [],
             "lastScan": scan_json(folder.last_scan),
         }
@@ -231,10 +232,12 @@ def index_status(index: WorkspaceIndex) -> dict[str, Any]:
     try:
         stats = index.store.stats()
         skipped = [s for s in index.store.all_files() if s.skipped]
+        owner = index.lock.owner()  # the index's writer lock (any process: LSP, MCP, CLI)
     except MoseError as err:  # closed meanwhile
         return {"error": str(err)}
     manifest = index.model.manifest
     return {
+        "writer": None if owner is None else {"pid": owner.pid, "what": owner.what},
         "files": stats.files, "indexedFiles": stats.indexed_files, "chunks": stats.chunks,
         "deepCoverage": stats.deep_coverage if stats.chunks else None,
         "model": {"name": manifest.name, "version": manifest.version,
