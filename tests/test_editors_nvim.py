@@ -315,11 +315,19 @@ def test_completion_help_and_options(nvim, env, tmp_path):
   local resolved = vim.lsp.config.mose
   out.cmd = resolved.cmd
   out.has_root_dir = type(resolved.root_dir) == 'function'
+  out.notifications = resolved.init_options.mose.notifications
+  out.handles_indexed = type((resolved.handlers or {})['mose/documentIndexed']) == 'function'
   out.items = require('mose').to_items({ results = { {
     uri = vim.uri_from_fname(P.ws .. '/pkg/strings.py'), path = 'pkg/strings.py', folder = '',
     range = { start = { line = 0, character = 0 }, ['end'] = { line = 9, character = 0 } },
     symbol = vim.NIL, kind = vim.NIL, language = 'python', score = 0.7305, exit = 6,
     snippet = '\\n  def levenshtein_distance(left, right):\\n',
+  }, {
+    uri = vim.uri_from_fname(P.ws .. '/pkg/strings.py'), path = 'pkg/strings.py', folder = '',
+    range = { start = { line = 0, character = 0 }, ['end'] = { line = 9, character = 0 } },
+    selectionRange = { start = { line = 1, character = 4 }, ['end'] = { line = 1, character = 24 } },
+    symbol = 'levenshtein_distance', kind = 'function', language = 'python', score = 0.7, exit = 6,
+    snippet = '@cache\\ndef levenshtein_distance(left, right):\\n',
   } } })
 """.replace("P.rtp", json.dumps(str(plugin))), "options", rtp=plugin)
     assert out["complete"] == ["search", "similar", "status", "reindex"]
@@ -331,6 +339,10 @@ def test_completion_help_and_options(nvim, env, tmp_path):
     assert any("picker" in w for w in out["warnings"]) and any("colour" in w for w in out["warnings"])
     assert out["cmd"] == ["mose", "serve"]  # lsp/mose.lua read the defaults (vim.g.mose.cmd unset)
     assert out["has_root_dir"]
+    # The plugin opts in to mose/* notifications and handles the one the server sends.
+    assert out["notifications"] is True and out["handles_indexed"]
     item = out["items"][0]
     assert item["text"] == "def levenshtein_distance(left, right):  0.731"  # no symbol: first line
     assert (item["lnum"], item["end_lnum"], item["col"]) == (1, 9, 0)
+    named = out["items"][1]  # the cursor lands on the name; the item spans the whole chunk
+    assert (named["lnum"], named["col"], named["end_lnum"]) == (2, 5, 9)
