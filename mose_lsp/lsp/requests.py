@@ -135,6 +135,7 @@ class Requests:
         def job() -> list[tuple[Folder, Hit]]:
             text = buffer
             if text is None:
+                from ..chunker import ChunkLimits, SkipReason, decode_source
                 from ..indexer import read_regular
 
                 try:  # a regular file inside the folder only, and no more than is indexed
@@ -142,7 +143,11 @@ class Requests:
                 except OSError as err:
                     raise ParamsError(f"mose.similar: cannot read {rel}: "
                                       f"{err.strerror or err}") from err
-                text = raw.decode("utf-8", errors="replace")
+                decoded = decode_source(raw, ChunkLimits(max_file_bytes=max_bytes))
+                if isinstance(decoded, SkipReason):  # as the index decodes it
+                    raise ParamsError(f"mose.similar: {rel} is not indexed code "
+                                      f"({decoded.message})")
+                text = decoded
             q = query_from_text(rel, text, args, max_bytes)
             vectors, vectors_model = {}, ""
             searcher = own.searcher
