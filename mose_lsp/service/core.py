@@ -11,13 +11,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
 from ..errors import MoseError
 from ..indexer import Progress, ScanReport, WorkspaceIndex, foreign_overlay, read_regular
 from ..searcher import Hit, Query, Searcher
+from ..similar import QueryError, SimilarQuery, file_query, snippet_query
 from ..walker import iter_files, relative_path
 from .lock import LockBusy
 from .types import (
@@ -36,22 +36,11 @@ log = logging.getLogger(__name__)
 # seconds at most; a query should not wait that long.
 FRESH_WAIT_S = 1.0
 OWN_STEP_WAIT_S = 60.0  # ... and for a step of this process's own background work
-SIMILAR_EXTRA = 8  # more hits asked of the searcher, since the query's own code is dropped
 SKIPPED_LISTED = 200
 
 
 class ServiceError(MoseError):
     """A request the service cannot answer; the message says what to send instead."""
-
-
-@dataclass(frozen=True)
-class _SimilarQuery:
-    text: str
-    lang: str
-    rel: str | None  # the file the query comes from (None: a pasted snippet)
-    lines: tuple[int, int] | None  # its own lines, 0-based inclusive (None: the whole file)
-    content_hash: str | None = None  # the chunk's, when the query is the chunk at a line
-    symbol: str | None = None  # ... and its symbol
 
 
 class Workspace:
@@ -257,9 +246,10 @@ class Service:
         freshness = self.refresh(scope, wait_s) if fresh else ()
         own: Workspace | None = None
         if text is not None:
-            if not text.strip():
-                raise ServiceError("the snippet is empty: paste the code to match")
-            q = _SimilarQuery(text, language, None, None)
+            try:
+                q = snippet_query(text, language)
+            except QueryError as err:
+                raise ServiceError(str(err)) from None
         else:
             found = self.locate(path)
             if found is None:
@@ -273,31 +263,22 @@ class Service:
             stored = own.searcher.stored_chunk(q.rel, q.content_hash, q.text)
             if stored is not None:  # indexed as is: its stored vectors are the query's
                 vectors, vectors_model = own.searcher.stored_vectors(stored), own.searcher.model_id
-        extra = SIMILAR_EXTRA if q.lines is not None or q.rel is None \
-            else min(200, len(q.text.splitlines()) // 5 + SIMILAR_EXTRA)
-        query = Query(q.text, "code", lang=q.lang, k=k + extra, languages=tuple(languages),
+        query = Query(q.text, "code", lang=q.lang, k=q.candidates(k), languages=tuple(languages),
                       path_glob=path_glob or None, vectors=vectors, vectors_model=vectors_model)
-        snippet = " ".join(q.text.split()) if q.rel is None else None
 
-        def keep(folder: Workspace, hit: Hit) -> bool:
-            if keep_own:
+        def keep(folder: Workspace, hit: Hit) -> bool:  # the query's own code is left out
+            if keep_own or (q.rel is not None and folder is not own):
                 return True
-            if snippet is not None:
-                return " ".join(hit.text.split()) != snippet
-            if folder is not own or hit.path != q.rel:
-                return True
-            if q.lines is None or (q.symbol is not None and hit.symbol == q.symbol):
-                return False
-            return hit.end_line < q.lines[0] or hit.start_line > q.lines[1]
+            return not q.is_own(hit.path, hit.start_line, hit.end_line, hit.text, hit.symbol)
 
         hits = [folder.hit(h) for folder in scope for h in folder.searcher.search(query)
                 if keep(folder, h)]
         return SearchResult(self._rank(hits, k), freshness)
 
     def _query_of_file(self, folder: Workspace, rel: str, start: int | None,
-                       end: int | None) -> _SimilarQuery:
-        from ..chunker import ChunkLimits, SkipReason, chunk_source, decode_source
-        from ..languages import detect_language
+                       end: int | None) -> SimilarQuery:
+        """The file as the index reads it, then the one query of :mod:`mose_lsp.similar`."""
+        from ..chunker import ChunkLimits, SkipReason, decode_source
 
         limits = ChunkLimits(max_file_bytes=folder.settings.max_file_bytes)
         try:
@@ -308,35 +289,10 @@ class Service:
         text = decode_source(raw, limits)
         if isinstance(text, SkipReason):
             raise ServiceError(f"{rel} is not indexed code ({text.message})")
-        lines = text.splitlines()
-        lang = detect_language(rel) or ""
-        if start is None:
-            if end is not None:
-                raise ServiceError("an end line needs a start line")
-            if not text.strip():
-                raise ServiceError(f"{rel} is empty")
-            return _SimilarQuery(text, lang, rel, None)
-        if start < 0 or (end is not None and end < start):
-            raise ServiceError(f"bad line range {start + 1}-{(end or start) + 1}: lines are "
-                               "1-based and the start is at most the end")
-        if start >= len(lines):
-            raise ServiceError(f"line {start + 1} is past the end of {rel} ({len(lines)} lines)")
-        if end is not None:
-            end = min(end, len(lines) - 1)
-            body = "\n".join(lines[start:end + 1])
-            if not body.strip():
-                raise ServiceError(f"lines {start + 1}-{end + 1} of {rel} are blank")
-            return _SimilarQuery(body, lang, rel, (start, end))
-        result = chunk_source(rel, text, limits)
-        if result.skipped is not None:
-            raise ServiceError(f"{rel} is not indexed code ({result.skipped.message})")
-        around = [c for c in result.chunks if c.start_line <= start <= c.end_line]
-        if not around:
-            raise ServiceError(f"no code around line {start + 1} of {rel}; give a line inside "
-                               "a function or class, or a line range")
-        chunk = min(around, key=lambda c: c.end_line - c.start_line)
-        return _SimilarQuery(chunk.text, chunk.language or lang, rel,
-                             (chunk.start_line, chunk.end_line), chunk.content_hash, chunk.symbol)
+        try:
+            return file_query(rel, text, start, end, limits.max_file_bytes)
+        except QueryError as err:
+            raise ServiceError(str(err)) from None
 
     def _limit(self, limit: int | None) -> int:
         if limit is None:
