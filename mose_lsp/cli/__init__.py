@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib.metadata import entry_points
 from typing import Annotated, NoReturn
 
 import typer
@@ -72,6 +71,8 @@ def _missing_plugin(name: str, error: Exception) -> typer.Typer:
 
 
 def _add_plugins() -> None:
+    from importlib.metadata import entry_points  # (tens of ms: only when plugins are listed)
+
     known = {g.name for g in app.registered_groups}
     for ep in entry_points(group=PLUGIN_GROUP):
         if ep.name in known:
