@@ -57,7 +57,7 @@ def node_groups(path: Path) -> dict[str, list[str]]:
                 layer = re.search(r"layers?\.(\d+)/", name).group(1)
                 add(f"ffn out, block {int(layer) + 1}", name)
             else:
-                add("head and other", name)
+                add("head", name)
     return groups
 
 
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         head_matmuls,
         quantize_int8,
         smooth_activations,
+        split_gemms,
         weight_only_int8,
     )
     from mose_lsp.model_dir import load_model_dir
@@ -110,12 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     calib = [enc.batch([s]) for s in calibration_samples(a.pairs)]  # seed 1: not the probes
     report = {}
     for spec in man.exits:
-        src = model_dir.file(spec.file)
-        ref = encode_each(src, spec.layer, spec.dim, rows)
-        groups = node_groups(src)
-        heads = head_matmuls(src)
         table = []
         with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "split.onnx"
+            split_gemms(model_dir.file(spec.file), src)  # the head's Gemm -> a named MatMul
+            ref = encode_each(src, spec.layer, spec.dim, rows)
+            groups = node_groups(src)
+            heads = head_matmuls(src)
+
             def measure(label: str, keep: list[str], alpha: float | None, head_wo: bool) -> None:
                 base = src
                 if alpha is not None:
