@@ -70,9 +70,10 @@ export function serverSettings(config: ConfigReader, ctx: PathContext): Record<s
   return out;
 }
 
-/** `initialize`'s initializationOptions. */
+/** `initialize`'s initializationOptions: the settings, and the opt-in to the server's
+ *  `mose/*` notifications (docs/protocol.md; not a setting, the server does not echo it). */
 export function initializationOptions(config: ConfigReader, ctx: PathContext): { mose: Record<string, unknown> } {
-  return { mose: serverSettings(config, ctx) };
+  return { mose: { ...serverSettings(config, ctx), notifications: true } };
 }
 
 /** `workspace/didChangeConfiguration` params. */

@@ -71,6 +71,8 @@ describe('serverSettings', () => {
   it('wraps settings for initialize and didChangeConfiguration', () => {
     const reader: ConfigReader = readerFor({ limit: 3 });
     assert.equal(initializationOptions(reader, ctx).mose.limit, 3);
+    assert.equal(initializationOptions(reader, ctx).mose.notifications, true); // opt-in to mose/*
+    assert.equal('notifications' in didChangeConfigurationParams(reader, ctx).settings.mose, false);
     assert.equal(didChangeConfigurationParams(reader, ctx).settings.mose.limit, 3);
   });
 
