@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         quantize_int8,
         smooth_activations,
         split_gemms,
-        weight_only_int8,
+        half_weights,
     )
     from mose_lsp.model_dir import load_model_dir
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 excluded = keep + (heads if head_wo else [])
                 quantize_int8(base, dst, nodes_to_exclude=excluded)
                 if head_wo:
-                    weight_only_int8(dst, [h for h in heads if h not in keep])
+                    half_weights(dst, [h for h in heads if h not in keep])
                 got = encode_each(dst, spec.layer, spec.dim, rows)
                 cos = (got * ref).sum(1)
                 table.append({"variant": label, "nodes_in_float": len(keep),
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                               "mb": dst.stat().st_size / 1e6})
 
             measure("plain dynamic int8 (every MatMul and the embeddings)", [], None, False)
-            measure("+ head weights int8, head activations float", [], None, True)
+            measure("+ head in float, weights stored in float16", [], None, True)
             for alpha in a.alphas:
                 measure(f"+ smoothing alpha {alpha}", [], alpha, True)
             for k, v in groups.items():

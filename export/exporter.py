@@ -6,8 +6,8 @@ in a PyPI wheel (``all-minilm-l6-v2``: the hf-adapter on it, exits untrained).
 
 Steps: per exit, trace ``exit_module(layer)`` to ONNX, check that the graph holds exactly
 ``layer`` attention blocks, check float parity with PyTorch, optionally quantise (int8,
-dynamic, per channel, after smoothing activation outliers into the weights; the exit head's
-weights int8 behind a dequantise, its activations float) and check cosine parity; copy the tokenizer; write the manifest with
+dynamic, per channel, after smoothing activation outliers into the weights; the exit head in
+float, its weights stored in float16) and check cosine parity; copy the tokenizer; write the manifest with
 checksums; re-read the directory with ``load_model_dir``. Everything happens in a temporary
 folder next to ``out`` that is renamed into place only when all checks pass, so a failed
 export leaves nothing half-written.
@@ -54,7 +54,7 @@ from .onnx_export import (
     quantize_int8,
     smooth_activations,
     split_gemms,
-    weight_only_int8,
+    half_weights,
 )
 from .parity import DEFAULT_MIN_COSINE, DEFAULT_TOLERANCE, ExitParity, ParityChecker, ParityReport
 
@@ -312,7 +312,7 @@ def export_loaded(
                 **({"int8": {
                     "method": "onnxruntime dynamic int8, per channel (MatMul weights and "
                               "embeddings); activations smoothed first (SmoothQuant); the exit "
-                              "heads' weights int8 with float activations",
+                              "heads in float, their weights stored in float16",
                     "smooth_alpha": SMOOTH_ALPHA,
                     "calibration_inputs": len(calib_samples),
                     "calibration": "given" if calibration else "the parity inputs",
@@ -382,7 +382,7 @@ def _export_one(model: torch.nn.Module, layer: int, staged: Path, checker: Parit
             smooth_activations(split, smoothed, calib_rows)
             with _quiet_quantizer():
                 quantize_int8(smoothed, final, nodes_to_exclude=heads)
-            weight_only_int8(final, heads)
+            half_weights(final, heads)
             return [replace(checked, kept=False), checker.check(final, layer, INT8)]
         if external or traced.stat().st_size > PROTOBUF_LIMIT:
             raise ExportError(f"exit {layer} is larger than 2 GB in float32 and would need ONNX "
