@@ -14,7 +14,7 @@ corpus as the workspace (``python/flask-3.1.0``: a Flask-sized one).
 ``--baseline CHECKOUT`` times another checkout of the code too (its folder goes first on
 PYTHONPATH; same interpreter and packages), interleaved run by run with this one, so that both
 see the same machine load; the ratio of the medians is the comparison to quote. Each checkout
-builds and reads its own index of the workspace.
+builds and reads its own index of the workspace, with a snapshot of its own embedded model.
 """
 
 from __future__ import annotations
@@ -102,9 +102,17 @@ def _bench(args, scratch: Path) -> dict:
         similar_file = SIMILAR_FILE[len(args.subset.rstrip("/")) + 1:]
     if not ws.exists():
         shutil.copytree(source, ws)
-    variants = {"current": _env(REPO)}
+    checkouts = {"current": REPO}
     if args.baseline is not None:
-        variants["baseline"] = _env(args.baseline.resolve())
+        checkouts["baseline"] = args.baseline.resolve()
+    variants = {name: _env(path) for name, path in checkouts.items()}
+    # Each checkout runs with a snapshot of its own embedded model, so that a model rebuilt in
+    # the checkout meanwhile cannot change what is timed (or invalidate the index mid-run).
+    models = {}
+    for name, path in checkouts.items():
+        models[name] = scratch / f"model-{name}"
+        if not models[name].exists():
+            shutil.copytree(path / "mose_lsp" / "default_model", models[name])
     mose = [sys.executable, "-m", "mose_lsp"]
     # Each checkout indexes the workspace into its own index folder (its own code wrote it,
     # so neither pays for reconciling what the other wrote).
@@ -112,17 +120,18 @@ def _bench(args, scratch: Path) -> dict:
     for variant, env in variants.items():
         started = time.perf_counter()
         _run([*mose, "index", str(ws), "--index-dir", f"{idx}-{variant}", "--threads",
-              str(args.threads)], env, scratch)
+              str(args.threads), "--model", str(models[variant])], env, scratch)
         index_s[variant] = round(time.perf_counter() - started, 1)
 
     def commands(variant: str) -> dict[str, list[str]]:
-        common = ["--index-dir", f"{idx}-{variant}", "--threads", str(args.threads)]
+        index = ["--index-dir", f"{idx}-{variant}", "--model", str(models[variant])]
+        common = [*index, "--threads", str(args.threads)]
         return {
             "version": ["--version"],
             "search": ["search", QUERY, "-w", str(ws), *common, "-k", "10"],
             "similar": ["similar", f"{ws / similar_file}:{SIMILAR_LINE}", "-w", str(ws),
                         *common, "-k", "10"],
-            "status": ["status", "-w", str(ws), "--index-dir", f"{idx}-{variant}"],
+            "status": ["status", "-w", str(ws), *index],
         }
     out: dict = {"corpus": str(args.corpus), "subset": args.subset, "runs": args.runs,
                  "python": platform.python_version(), "cpus": os.cpu_count(),
