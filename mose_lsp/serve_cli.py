@@ -47,7 +47,9 @@ def _logging(level: str, log_file: Path | None, stderr_level: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("serve")
+    @app.command("serve", epilog="Workspaces: each workspace folder the editor sends is a "
+                 "workspace, exactly that folder, with the index 'mose index DIR' builds for "
+                 "it when no --index-dir is given (docs/cli.md, 'The workspace rule').")
     def serve_command(
         tcp: Annotated[bool, typer.Option("--tcp", help="Serve over TCP instead of stdio.")] = False,
         host: Annotated[str, typer.Option("--host", help="TCP host.")] = "127.0.0.1",
