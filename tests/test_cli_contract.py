@@ -246,8 +246,8 @@ def test_index_through_a_pipe_reports_chunks_and_the_deep_pass(tmp_path, cache):
                           env=env, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr
     assert f"indexing {ws}" in proc.stderr
-    assert re.search(r"^embedding: \d+ chunks in [\d.]+s \(\d+ chunks/s\)$", proc.stderr, re.M)
-    assert re.search(r"^deep pass: \d+ chunks in [\d.]+s \(\d+ chunks/s\)$", proc.stderr, re.M)
+    assert re.search(r"^embedding: \d+ chunks in [\d.]+s \(\d+ chunks/s\)$", proc.stderr, re.MULTILINE)
+    assert re.search(r"^deep pass: \d+ chunks in [\d.]+s \(\d+ chunks/s\)$", proc.stderr, re.MULTILINE)
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
     assert re.search(r"deep pass [\d,]+ vectors in [\d.]+s; total [\d.]+s", proc.stdout)
 
@@ -267,7 +267,7 @@ def test_ctrl_c_stops_after_the_batch_keeps_the_work_and_the_next_run_resumes(tm
         line = proc.stderr.readline()
     time.sleep(0.5)  # let it start embedding (the stop must be clean at any point anyway)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "interrupted: saving what is indexed" in err
     assert "run 'mose index" in err and "again to resume" in err

@@ -16,7 +16,7 @@ PLAIN_EVERY_S = 10.0
 
 
 def duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds}s"
     minutes, secs = divmod(seconds, 60)

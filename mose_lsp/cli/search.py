@@ -65,7 +65,7 @@ def search_command(
         raise usage_error("the query is empty: describe the code you look for, in words")
     ws = resolve(workspace, index_dir)
     ws.require_index()
-    service, folder = open_service(ws, model, threads)
+    service, _ = open_service(ws, model, threads)
     try:
         result = service.search(query, kind="code" if code else "text", limit=k,
                                 languages=tuple(lang or ()), path_glob=path_glob,
@@ -127,7 +127,7 @@ def similar_command(
                                                    else "") + ": give FILE, FILE:LINE or "
                        "FILE:START-END", code="not-found")
     ws.require_index()
-    service, folder = open_service(ws, model, threads)
+    service, _ = open_service(ws, model, threads)
     try:
         result = service.similar(path=ws.root / rel, start_line=start, end_line=end, limit=k,
                                  languages=tuple(lang or ()), path_glob=path_glob, fresh=update,
