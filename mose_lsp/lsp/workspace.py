@@ -356,7 +356,7 @@ class Workspace:
                 if bar is not None:
                     bar.end("done" if not folder.stop.is_set() else "stopped")
             if folder.index is not None and not folder.stop.is_set():
-                await self.run(folder.writer, folder.index.store.flush)
+                await self.run(folder.writer, folder.index.flush)
 
     async def flusher(self) -> None:
         """Save changed vector indexes now and then, so that a crash loses little."""
@@ -366,7 +366,7 @@ class Workspace:
                 index = folder.index
                 if index is not None and not folder.stop.is_set() and index.store.dirty:
                     try:
-                        await self.run(folder.writer, index.store.maybe_flush,
+                        await self.run(folder.writer, index.maybe_flush,
                                        FLUSH_MIN_INTERVAL_S)
                     except Exception:
                         log.exception("%s: periodic flush failed", folder.name)
