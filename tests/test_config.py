@@ -40,7 +40,9 @@ def test_lexical_weight_is_a_number_in_0_1():
     settings, warnings = Settings.from_dict({"lexicalWeight": 0})  # JSON integer
     assert warnings == [] and settings.lexical_weight == 0.0
     assert isinstance(settings.lexical_weight, float)
-    for bad in (1.5, -0.1, float("nan"), float("inf"), True, "0.1", None):
+    settings, warnings = Settings.from_dict({"lexicalWeight": None})  # JSON null: the default
+    assert warnings == [] and settings.lexical_weight == 0.1
+    for bad in (1.5, -0.1, float("nan"), float("inf"), True, "0.1"):
         settings, warnings = Settings.from_dict({"lexical_weight": bad})
         assert settings.lexical_weight == 0.1, bad
         assert len(warnings) == 1 and "lexical_weight" in warnings[0], bad

@@ -335,9 +335,11 @@ def test_damaged_database_is_refused_with_a_message_or_rebuilt(tmp_path, model_p
         hits = json.loads(run.stdout)["hits"]
         assert hits and hits[0]["symbol"] == "levenshtein_distance"
     else:
+        # --json: the error is a JSON object on stdout (docs/cli.md), naming the index and the fix.
         assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
-        assert "error:" in run.stderr and str(idx) in run.stderr, run.stderr
-        assert "--rebuild" in run.stderr or "delete" in run.stderr, run.stderr
+        message = json.loads(run.stdout)["error"]["message"]
+        assert str(idx) in message, message
+        assert "--rebuild" in message or "delete" in message, message
         # ... and the advice works: a rebuild gives a working index again.
         again = _run_cli("index", str(ws), "--model", str(model_path), "--index-dir", str(idx),
                          "--no-deep", "--rebuild")
@@ -374,7 +376,7 @@ def _bad_model(tmp_path: Path, model_path: Path) -> Path:
 
 def test_model_dir_with_a_bad_checksum_is_refused_by_the_cli(tmp_path, model_path, workspace):
     bad = _bad_model(tmp_path, model_path)
-    run = _run_cli("search", "edit distance", "-w", str(workspace), "--model", str(bad),
+    run = _run_cli("index", str(workspace), "--model", str(bad),
                    "--index-dir", str(tmp_path / "idx"))
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     assert "checksum" in run.stderr.lower(), run.stderr

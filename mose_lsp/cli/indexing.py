@@ -42,6 +42,28 @@ def _interruptible(progress: Progress):
         signal.signal(signal.SIGINT, previous)
 
 
+def discard_if_unusable(index_dir: Path, progress: Progress) -> None:
+    """For ``--rebuild``: an index database SQLite cannot read (truncated, overwritten) is
+    deleted with its vector files, so the rebuild starts from an empty index instead of
+    failing on the damage it was asked to repair. A readable index is kept (other clients may
+    have it open) and re-embedded in place."""
+    import sqlite3
+
+    from ..store import DB_NAME, remove_index
+
+    db = index_dir / DB_NAME
+    if not db.exists():
+        return
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            ok = conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    except sqlite3.DatabaseError:
+        ok = False
+    if not ok:
+        progress.note(f"the index database {db} is damaged: deleting it and indexing anew")
+        remove_index(index_dir)
+
+
 def _missing_vectors(stats, index) -> int:
     missing = stats.chunks - stats.vectors.get(index.index_exit, 0)
     if index.rerank_exit != index.index_exit:
@@ -126,6 +148,8 @@ def index_command(
     ws = resolve(path, index_dir)
     conf = settings(model, ws.index_dir, threads)
     progress = Progress(enabled=not quiet)
+    if rebuild:
+        discard_if_unusable(ws.index_dir, progress)
     encoder = CountingEncoder(ModelEncoder.open(conf.model, threads=conf.resolved_threads()))
     service = Service(conf, model=encoder)
     try:
