@@ -236,3 +236,34 @@ def test_broken_onnx_file_is_a_model_dir_error(model_path: Path, tmp_path: Path)
     enc = ModelEncoder.open(copy, use_cache=False)
     with pytest.raises(ModelDirError, match="onnxruntime cannot load exit 1"):
         enc.encode(["x"], "code", 1)
+
+
+def test_optimised_graph_cache_gives_the_same_vectors_and_follows_the_file(
+        model_path: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(model_path, copy)
+    cache = tmp_path / "cache" / "verified.json"
+    graphs = cache.parent / "optimized-graphs"
+    plain = ModelEncoder.open(copy, threads=1, use_cache=False)
+    expected = plain.encode(SNIPPETS, "code", 1)
+    assert not graphs.exists()  # use_cache=False: nothing written
+
+    first = ModelEncoder.open(copy, threads=1, cache_path=cache)
+    np.testing.assert_array_equal(first.encode(SNIPPETS, "code", 1), expected)
+    entries = sorted(graphs.glob("*.ort"))
+    assert len(entries) == 1 and not list(graphs.glob(".*"))  # no temporary file left
+    second = ModelEncoder.open(copy, threads=1, cache_path=cache)  # loads the cached graph
+    np.testing.assert_array_equal(second.encode(SNIPPETS, "code", 1), expected)
+    assert sorted(graphs.glob("*.ort")) == entries
+
+    # A damaged entry is dropped and rebuilt, not an error.
+    entries[0].write_bytes(b"damaged")
+    third = ModelEncoder.open(copy, threads=1, cache_path=cache)
+    np.testing.assert_array_equal(third.encode(SNIPPETS, "code", 1), expected)
+    assert entries[0].read_bytes() != b"damaged"
+
+    # A replaced exit file gets its own entry: the old graph is never used for it.
+    (copy / "exit_1.onnx").touch()
+    os.utime(copy / "exit_1.onnx", ns=(1, 1))
+    ModelEncoder.open(copy, threads=1, cache_path=cache).encode(["x"], "code", 1)
+    assert len(list(graphs.glob("*.ort"))) == 2
