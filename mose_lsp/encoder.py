@@ -239,7 +239,8 @@ class ExitEncoder:
         if cached is not None and cached.is_file():
             try:
                 self._session = self._create(ort, cached, optimized=True)
-            except Exception as err:  # a damaged or foreign cache entry: rebuild it
+            # onnxruntime's own Exception subclasses: a damaged or foreign entry is rebuilt.
+            except Exception as err:  # noqa: BLE001
                 log.warning("ignoring the cached optimised graph %s (%s)", cached, err)
                 _unlink(cached)
         if self._session is None:
@@ -297,7 +298,7 @@ class ExitEncoder:
                 os.replace(tmp, cached)
                 _prune_optimized(cached.parent, keep=cached)
                 return session
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 (onnxruntime's or the disk's: plain load)
                 log.info("not caching the optimised graph of %s (%s)", self.path, err)
                 _unlink(tmp)
         return self._create(ort, self.path)

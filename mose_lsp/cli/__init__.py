@@ -21,6 +21,7 @@ import typer
 
 from .. import __version__
 from ..errors import MoseError
+from .coercion import install as plain_option_values
 from .output import EXIT_INTERRUPTED, EXIT_USAGE, report_error
 from .workspace import RULE
 
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     as_json = _wants_json(args)
     end = _end_process if argv is None and command in ONE_SHOT else sys.exit
     usage_errors, aborts = _click_errors()
+    plain_option_values()  # no pydantic for the options' values (tens of ms a call)
     try:
         code = app(args=args, prog_name="mose", standalone_mode=False)
     except usage_errors as err:
