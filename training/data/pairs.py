@@ -867,6 +867,19 @@ def stdlib_source() -> Source:
                   root=Path(sysconfig.get_paths()["stdlib"]), exclude=STDLIB_EXCLUDE)
 
 
+def code_files(paths: Iterable[str]) -> tuple[str, ...]:
+    """The files of a distribution that mining reads: parsed languages, no tests, no stubs,
+    nothing outside site-packages (the same choice for a wheel and an installed distribution)."""
+    files = set()
+    for rel in paths:
+        if rel.startswith("..") or "__pycache__" in rel or rel.endswith(".pyi"):
+            continue
+        if language_for_path(rel) not in parsed_languages() or is_test_path(rel):
+            continue
+        files.add(rel)
+    return tuple(sorted(files))
+
+
 def site_packages_sources(path: str | Path | None = None,
                           skip: Iterable[str] = ()) -> list[Source]:
     """One source per installed distribution in a site-packages folder (name and version from
@@ -880,8 +893,6 @@ def site_packages_sources(path: str | Path | None = None,
         name = dist.metadata["Name"]
         if name.lower() in skip_names or not dist.files:
             continue
-        from .pinned import code_files
-
         files = code_files(Path(f).as_posix() for f in dist.files)
         if files:
             sources.append(Source(name=name, version=dist.version, root=sp, repo=name,

@@ -46,9 +46,8 @@ from .pairs import (
     MiningConfig,
     MiningStats,
     Source,
-    is_test_path,
+    code_files,
     mine_source,
-    parsed_languages,
 )
 
 Log = Callable[[str], None]
@@ -296,7 +295,7 @@ def _resolve(pins: list[PinnedWheel], python: str | None) -> dict[str, tuple[str
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         done = subprocess.run([*args, "--report", str(report), *(p.requirement for p in pins)],
-                              capture_output=True, text=True)
+                              check=False, capture_output=True, text=True)
         if done.returncode != 0:
             raise _pip_failure(done.stdout + done.stderr,
                                ", ".join(p.requirement for p in pins[:3])
@@ -339,7 +338,7 @@ def fetch_wheel(pin: PinnedWheel, cache: str | Path, python: str | None = None) 
     if not target.is_file():
         with tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder) as tmp:
             done = subprocess.run(pip_download_args(pin, Path(tmp), python),
-                                  capture_output=True, text=True)
+                                  check=False, capture_output=True, text=True)
             if done.returncode != 0:
                 raise _pip_failure(done.stdout + done.stderr, f"{pin.requirement} ({pin.file})",
                                    folder)
@@ -420,21 +419,6 @@ def unpack_wheel(wheel: Path, cache: str | Path) -> Path:
         shutil.rmtree(staged, ignore_errors=True)
         raise
     return root
-
-
-def code_files(paths: Iterable[str]) -> tuple[str, ...]:
-    """The files of a distribution that mining reads: parsed languages, no tests, no stubs,
-    nothing outside site-packages (the same choice for a wheel and an installed distribution)."""
-    from .corpus import language_for_path
-
-    files = set()
-    for rel in paths:
-        if rel.startswith("..") or "__pycache__" in rel or rel.endswith(".pyi"):
-            continue
-        if language_for_path(rel) not in parsed_languages() or is_test_path(rel):
-            continue
-        files.add(rel)
-    return tuple(sorted(files))
 
 
 def wheel_source(pin: PinnedWheel, wheel: Path, cache: str | Path) -> Source:
