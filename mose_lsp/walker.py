@@ -10,8 +10,9 @@ linked file is indexed only when it resolves inside the workspace, a linked fold
 from __future__ import annotations
 
 import os
+import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -44,8 +45,11 @@ class IgnoreRules:
     def __init__(self, root: Path, settings: Settings):
         self.root = root
         self.settings = settings
-        self._secrets = GitIgnoreSpec.from_lines(settings.secret_patterns)
-        self._base = GitIgnoreSpec.from_lines([*DEFAULT_EXCLUDES, *settings.exclude])
+        # The default excludes, the settings' excludes and the secret patterns, as one test
+        # (one regular expression when none of them is a negation, as is usual).
+        self._absolute = _any_match(GitIgnoreSpec.from_lines(settings.secret_patterns),
+                                    GitIgnoreSpec.from_lines([*DEFAULT_EXCLUDES,
+                                                              *settings.exclude]))
         self._layers: dict[str, list[GitIgnoreSpec]] = {}
         self._dirs: dict[str, bool] = {}  # folder -> ignored (the walk asks again and again)
 
@@ -66,16 +70,23 @@ class IgnoreRules:
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
         """Whether the workspace-relative path ``rel`` (a folder when ``is_dir``) is ignored."""
-        parts = PurePosixPath(rel).parts
+        plain = rel and "//" not in rel and "/./" not in rel and not rel.startswith(
+            ("/", "./")) and not rel.endswith("/")
+        parts = tuple(rel.split("/")) if plain else PurePosixPath(rel).parts
         for depth in range(1, len(parts)):
             if self._dir_ignored("/".join(parts[:depth])):
                 return True
         return self._own_rules(parts, is_dir)
 
+    def entry_ignored(self, rel: str, is_dir: bool) -> bool:
+        """:meth:`ignored` for an entry of a folder already known not to be ignored (as the
+        walk, which descends only into such folders, knows): its own rules decide."""
+        return self._own_rules(tuple(rel.split("/")), is_dir)
+
     def _dir_ignored(self, rel_dir: str) -> bool:
         known = self._dirs.get(rel_dir)
         if known is None:
-            parts = PurePosixPath(rel_dir).parts
+            parts = tuple(rel_dir.split("/"))
             parent = "/".join(parts[:-1])
             known = (bool(parent) and self._dir_ignored(parent)) or self._own_rules(parts, True)
             self._dirs[rel_dir] = known
@@ -85,17 +96,38 @@ class IgnoreRules:
         """The rules that name this path itself (its folders already checked)."""
         slash = "/" if is_dir else ""
         probe = "/".join(parts) + slash
-        if self._base.match_file(probe) or self._secrets.match_file(probe):
+        if self._absolute(probe):
             return True
         for depth in range(len(parts) - 1, -1, -1):  # the deepest ignore file first
             rel_dir = "/".join(parts[:depth])
             self.load_dir(rel_dir)
+            layers = self._layers[rel_dir]
+            if not layers:
+                continue
             sub = "/".join(parts[depth:]) + slash
-            for spec in reversed(self._layers[rel_dir]):  # .moseignore over .gitignore
+            for spec in reversed(layers):  # .moseignore over .gitignore
                 verdict = spec.check_file(sub).include
                 if verdict is not None:
                     return verdict
         return False
+
+
+def _any_match(*specs: GitIgnoreSpec) -> Callable[[str], bool]:
+    """Whether a path matches any of ``specs``. Specs without negations reduce to "some
+    pattern matches", which one regular expression (their patterns' alternation) answers in
+    a single search instead of one per pattern."""
+    patterns = [p for spec in specs for p in spec.patterns]
+    regexes = [getattr(p, "regex", None) for p in patterns if p.include is not None]
+    if all(p.include in (True, None) for p in patterns) and all(
+            isinstance(r, re.Pattern) for r in regexes):
+        if not regexes:
+            return lambda path: False
+        # Each pattern's named groups get a unique name: an alternation may not repeat one.
+        parts = [re.sub(r"\(\?P<(\w+)>", rf"(?P<\1_{i}>", r.pattern)
+                 for i, r in enumerate(regexes)]
+        combined = re.compile("|".join(f"(?:{part})" for part in parts))
+        return lambda path: combined.search(path) is not None
+    return lambda path: any(spec.match_file(path) for spec in specs)
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -130,14 +162,14 @@ def iter_files(root: Path, settings: Settings) -> Iterator[FileEntry]:
                     if not _inside(target, root):
                         continue
                     st = target.stat()
-                    if not stat.S_ISREG(st.st_mode) or rules.ignored(rel, False):
+                    if not stat.S_ISREG(st.st_mode) or rules.entry_ignored(rel, False):
                         continue
                     yield FileEntry(rel, Path(entry.path), st.st_size, st.st_mtime_ns)
                 elif entry.is_dir(follow_symlinks=False):
-                    if not rules.ignored(rel, True):
+                    if not rules.entry_ignored(rel, True):
                         subdirs.append(rel)
                 elif entry.is_file(follow_symlinks=False):
-                    if rules.ignored(rel, False):
+                    if rules.entry_ignored(rel, False):
                         continue
                     st = entry.stat(follow_symlinks=False)
                     yield FileEntry(rel, Path(entry.path), st.st_size, st.st_mtime_ns)
