@@ -9,7 +9,8 @@ Fine-tuning (per exit ``i``):        L = sum_i w_i * InfoNCE_i
                                          + distill_weight * sum_{i < deepest} Distill(deepest -> i)
                                          + anchor_weight  * sum_i Anchor(i, frozen teacher)
 The distillation and anchor terms carry their own coefficient and are NOT multiplied by the exit
-weight (FINDINGS run 2 used a flat 1.0 for the anchor at every exit).
+weight (the anchor's default is a flat 1.0 at every exit, so a shallow exit is held to the
+teacher as firmly as the deep one).
 
 Under ``torch.distributed`` the contrastive terms gather embeddings from every rank, keeping the
 gradient (``gather_with_grad``): each rank scores its own rows against the global batch, and since
@@ -331,7 +332,7 @@ class SimilarityDistillation(nn.Module):
 
 
 class EmbeddingAnchor(nn.Module):
-    """``2 - 2 cos`` to a frozen teacher's embeddings (FINDINGS run 2). ``(B, D), (B, D) -> scalar``."""
+    """``2 - 2 cos`` to a frozen teacher's embeddings. ``(B, D), (B, D) -> scalar``."""
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return embedding_anchor(student, teacher)
@@ -444,7 +445,7 @@ class RetrievalLoss(nn.Module):
             if teacher_q is None or teacher_d is None:
                 raise ValueError("the anchor term needs the teacher's embeddings")
             for i, layer in enumerate(layers):
-                # both sides summed, as in FINDINGS run 2
+                # both sides: query and code embeddings each held near the teacher's
                 value = self.anchor(q[i], teacher_q) + self.anchor(d[i], teacher_d)
                 out.add_term(layer, "anchor", value, self.anchor_weights[i])
         return out
