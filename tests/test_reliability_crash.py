@@ -14,8 +14,8 @@ checked against the files on disk and against its own vector indexes:
 
 Damaged files: a truncated or corrupt vector index is rebuilt (tests/test_indexer.py and
 tests/test_store.py cover it at the unit level); a corrupt database is refused with a message
-by the CLI; a model directory whose checksum fails is refused by ``mose search`` and by the
-server, which keeps answering.
+by the CLI, and ``mose index --rebuild`` repairs it; a model directory whose checksum fails is
+refused by ``mose index`` and by the server, which keeps answering.
 """
 
 from __future__ import annotations
