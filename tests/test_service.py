@@ -82,3 +82,38 @@ def test_a_search_during_this_process_first_index_answers_at_once(service, works
         result = service.search("edit distance between two strings", limit=3)
     assert result.update_in_progress and "scan" in result.freshness[0].writer
     assert result.hits[0].path == "pkg/strings.py"  # what is indexed so far
+
+
+def test_an_adopted_index_is_searched_and_left_open(tmp_path, workspace, model):
+    """The language server opens its folders' indexes itself and hands them to the service:
+    searches go through the service; releasing the folder leaves the index to its owner."""
+    import threading
+
+    from mose_lsp.indexer import WorkspaceIndex
+    from mose_lsp.similar import file_query
+
+    index = WorkspaceIndex.open(workspace, Settings(index_dir=str(tmp_path / "own")), model)
+    svc = Service()  # no model of its own: the adopted index brings its encoder
+    try:
+        index.scan()
+        folder = svc.adopt(index)
+        assert svc.folders == [folder] and folder.adopted and folder.index is index
+        found = svc.search("edit distance between two strings", limit=3, fresh=False)
+        assert found.hits[0].path == "pkg/strings.py" and found.freshness == ()
+        # An editor's unsaved buffer: the query comes from its text (its last line is past
+        # the end of the file on disk).
+        buffer = (workspace / "pkg" / "strings.py").read_text() + (
+            "\n\ndef reverse_words(s):\n    return ' '.join(reversed(s.split()))\n")
+        q = file_query("pkg/strings.py", buffer, len(buffer.splitlines()) - 1)
+        similar = svc.similar_to(q, folder, limit=4)
+        assert similar.hits and all(h.symbol != "reverse_words" for h in similar.hits)
+        cancelled = threading.Event()
+        cancelled.set()
+        assert svc.search("strings", folders=[folder], fresh=False, cancel=cancelled).hits == ()
+        svc.release(folder)
+        assert svc.folders == [] and index.store.stats().chunks > 0  # still open
+        with pytest.raises(ServiceError, match="closed"):
+            folder.index  # noqa: B018
+    finally:
+        svc.close()
+        index.close()

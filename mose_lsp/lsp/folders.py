@@ -1,5 +1,6 @@
-"""A workspace folder as the server holds it: its index, its two lanes, its open documents,
-and the jobs that run on its writer lane (threads, never the event loop)."""
+"""A workspace folder as the server holds it: its index (opened here, then adopted by the
+service layer, which searches it), its two lanes, its open documents, and the jobs that run on
+its writer lane (threads, never the event loop)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -20,8 +21,10 @@ from ..config import Settings
 
 if TYPE_CHECKING:
     from ..encoder import ModelEncoder
-    from ..indexer import ScanReport, WorkspaceIndex
-    from ..searcher import Searcher
+    from ..indexer import WorkspaceIndex
+    from ..service.core import Service
+    from ..service.core import Workspace as ServiceFolder
+    from ..service.types import ReindexResult
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ class Folder:
         self.error: str | None = None
         self.settings: Settings | None = None
         self.index: WorkspaceIndex | None = None
-        self.searcher: Searcher | None = None
+        self.workspace: ServiceFolder | None = None  # the index as the service layer holds it
         self.opened: asyncio.Future[WorkspaceIndex] = loop.create_future()
         self.opened.add_done_callback(retrieve)
         self.writer = ThreadPoolExecutor(1, thread_name_prefix=f"mose-write-{self.name}")
@@ -65,7 +68,7 @@ class Folder:
         self.deep_wake = asyncio.Event()
         self.deep_filling = False
         self.last_activity = 0.0
-        self.last_scan: ScanReport | None = None
+        self.last_scan: ReindexResult | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.start_task: asyncio.Task[Any] | None = None
         self._rules: Any = None  # IgnoreRules for open documents (edit lane only)
@@ -150,21 +153,30 @@ def load_model(settings: Settings) -> ModelEncoder:
     return model
 
 
-def open_job(folder: Folder, settings: Settings, model: ModelEncoder) -> WorkspaceIndex | None:
+def open_job(folder: Folder, settings: Settings, model: ModelEncoder,
+             service: Callable[[], Service]) -> WorkspaceIndex | None:
+    """Open the folder's index and hand it to the service layer (which answers searches and
+    status from it; the server keeps opening, watching and closing it on this lane).
+    ``service`` gives the service (made on first use: here, off the loop)."""
     if folder.stop.is_set():
         return None
     from ..indexer import WorkspaceIndex
-    from ..searcher import Searcher
 
     index = WorkspaceIndex.open(folder.root, settings, model)
+    try:
+        folder.workspace = service().adopt(index)
+    except BaseException:
+        index.close()
+        raise
     folder.index = index
-    folder.searcher = Searcher(index)
     return index
 
 
-def close_job(folder: Folder) -> None:
+def close_job(folder: Folder, service: Callable[[], Service]) -> None:
     index, folder.index = folder.index, None
-    folder.searcher = None
+    workspace, folder.workspace = folder.workspace, None
+    if workspace is not None:
+        service().release(workspace)  # the service lets go; the index is closed here
     if index is not None:
         index.close()  # saves the vector index if it changed
 

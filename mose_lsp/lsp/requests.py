@@ -1,6 +1,13 @@
 """The server's requests: mose.search, mose.similar, mose.status, mose.reindex and
 workspace/symbol, answered from worker threads and converted to the shapes of
-:mod:`mose_lsp.protocol`."""
+:mod:`mose_lsp.protocol`.
+
+Search, similar and status are the service layer's (:class:`mose_lsp.service.Service`, on the
+folders' indexes it adopted when they opened), as for the MCP server and the CLI; this module
+converts LSP arguments and results. What stays here: the folders' readiness (a request waits
+for a folder still opening, and names the ones not fully indexed in ``incomplete``), the
+query from an editor's unsaved buffer, and ``fresh=False`` (the server keeps its indexes
+current with its watcher and the open buffers, so a search never scans)."""
 
 from __future__ import annotations
 
@@ -33,17 +40,22 @@ from .folders import Folder, folder_settings, index_dir_of
 from .rpc import Cancelled, RequestFailed
 
 if TYPE_CHECKING:
-    from ..indexer import ScanReport, WorkspaceIndex
-    from ..searcher import Hit, Query
+    from ..service.core import Service
+    from ..service.core import Workspace as ServiceFolder
+    from ..service.types import FolderStatus, ReindexResult, SearchResult
 
-SKIPPED_LISTED = 200  # skipped files listed by mose.status (all are counted)
+def similar_lines(args: SimilarArgs) -> tuple[int | None, int | None]:
+    """``mose.similar``'s lines (0-based): the range's, the position's line (the innermost
+    chunk around it), or none (the whole file)."""
+    if args.range is not None:
+        return args.range.lines()
+    return (args.position.line if args.position is not None else None), None
 
 
 def query_from_text(rel: str, text: str, args: SimilarArgs, max_bytes: int) -> SimilarQuery:
     """The query of ``mose.similar`` (:mod:`mose_lsp.similar`, shared with the service): the
     innermost chunk around the position, the lines of the range, or the whole text."""
-    start, end = args.range.lines() if args.range is not None else (
-        args.position.line if args.position is not None else None, None)
+    start, end = similar_lines(args)
     try:
         return file_query(rel, text, start, end, max_bytes)
     except QueryError as err:
@@ -76,51 +88,47 @@ class Requests:
             raise RequestFailed(f"{command}: {'; '.join(errors) or 'no folder is ready'}")
         return ready
 
-    def _results(self, pairs: list[tuple[Folder, Hit]], k: int) -> list[Result]:
-        def rank(pair: tuple[Folder, Hit]) -> tuple[int, float]:
-            folder, hit = pair
-            deep = folder.index is not None and hit.exit == folder.index.rerank_exit
-            return (0 if deep else 1, -hit.score)
-
+    def _answer(self, folders: list[Folder], cancel: threading.Event,
+                ask: Callable[[list[ServiceFolder]], SearchResult]) -> list[Result]:
+        """Ask the service (a reader thread) over the folders that are open, and convert its
+        ranked hits (deep-scored first) to results with URIs as the client names its folders."""
+        scope = [(f, w) for f in folders if (w := f.workspace) is not None and not f.stop.is_set()]
+        if cancel.is_set():
+            raise Cancelled()
+        if not scope:
+            return []
+        by_root = {w.root: f for f, w in scope}
+        answer = ask([w for _, w in scope])
+        if cancel.is_set():
+            raise Cancelled()
         out = []
-        for folder, hit in sorted(pairs, key=rank)[:k]:
+        for hit in answer.hits:
+            folder = by_root[hit.folder]
             out.append(Result(folder.uri_of(hit.path), hit.path, folder.uri, hit.start_line,
                               hit.end_line, hit.symbol, hit.kind, hit.language, hit.score,
                               hit.exit, snippet(hit.text),
                               definition_span(hit.text, hit.symbol, hit.start_line)))
         return out
 
-    def _search_job(self, folders: list[Folder], query: Query, cancel: threading.Event,
-                    keep: Callable[[Folder, Hit], bool] | None = None) -> list[tuple[Folder, Hit]]:
-        pairs = []
-        for folder in folders:
-            if cancel.is_set():
-                raise Cancelled()
-            searcher = folder.searcher
-            if searcher is None or folder.stop.is_set():
-                continue
-            pairs += [(folder, h) for h in searcher.search(query) if keep is None or keep(folder, h)]
-        return pairs
-
     async def search(self, args: SearchArgs, cancel: threading.Event) -> SearchResponse:
-        from ..searcher import Query
-
         self.last_request = time.monotonic()
         folders = await self._ready(self._scope(args.filters.folder, SearchArgs.COMMAND),
                                     SearchArgs.COMMAND)
         k = args.filters.k or self.settings.limit
-        query = Query(args.query, args.kind, k=k, languages=args.filters.languages,
-                      path_glob=args.filters.path_glob)
-        pairs = await self.run(self._readers, self._search_job, folders, query, cancel)
-        return SearchResponse(tuple(self._results(pairs, k)), self._incomplete(folders))
+
+        def ask(scope: list[ServiceFolder]) -> SearchResult:
+            return self.get_service().search(
+                args.query, kind=args.kind, limit=k, languages=args.filters.languages,
+                path_glob=args.filters.path_glob, folders=scope, fresh=False, cancel=cancel)
+
+        results = await self.run(self._readers, self._answer, folders, cancel, ask)
+        return SearchResponse(tuple(results), self._incomplete(folders))
 
     def _incomplete(self, folders: list[Folder]) -> tuple[str, ...]:
         return tuple(f.uri for f in folders
                      if f.state == "cancelled" or (f.state == "indexing" and f.last_scan is None))
 
     async def similar(self, args: SimilarArgs, cancel: threading.Event) -> SearchResponse:
-        from ..searcher import Query
-
         self.last_request = time.monotonic()
         found = self.locate(args.uri)
         if found is None:
@@ -130,45 +138,26 @@ class Requests:
                                     SimilarArgs.COMMAND)
         buffer = self.text(args.uri) if args.uri in self.docs else None
         k = args.filters.k or self.settings.limit
+        start, end = similar_lines(args)
         max_bytes = self.settings.max_file_bytes
 
-        def job() -> list[tuple[Folder, Hit]]:
-            text = buffer
-            if text is None:
-                from ..chunker import ChunkLimits, SkipReason, decode_source
-                from ..indexer import read_regular
+        def ask(scope: list[ServiceFolder]) -> SearchResult:
+            from ..service.core import ServiceError, similar_query
 
-                try:  # a regular file inside the folder only, and no more than is indexed
-                    raw = read_regular(own.root / rel, own.root, max_bytes + 1)
-                except OSError as err:
-                    raise ParamsError(f"mose.similar: cannot read {rel}: "
-                                      f"{err.strerror or err}") from err
-                decoded = decode_source(raw, ChunkLimits(max_file_bytes=max_bytes))
-                if isinstance(decoded, SkipReason):  # as the index decodes it
-                    raise ParamsError(f"mose.similar: {rel} is not indexed code "
-                                      f"({decoded.message})")
-                text = decoded
-            q = query_from_text(rel, text, args, max_bytes)
-            vectors, vectors_model = {}, ""
-            searcher = own.searcher
-            if q.content_hash is not None and searcher is not None:
-                # The chunk as indexed (on disk or from the buffer): its stored vectors
-                # are the query's, so it is not encoded again.
-                stored = searcher.stored_chunk(rel, q.content_hash, q.text)
-                if stored is not None:
-                    vectors, vectors_model = searcher.stored_vectors(stored), searcher.model_id
-            query = Query(q.text, "code", lang=q.lang, k=q.candidates(k),
-                          languages=args.filters.languages, path_glob=args.filters.path_glob,
-                          vectors=vectors, vectors_model=vectors_model)
+            # The file as the index reads it (a regular file inside the folder, no more than
+            # is indexed), or the editor's unsaved buffer.
+            try:
+                q = similar_query(own.root, rel, start, end, max_bytes, content=buffer)
+            except ServiceError as err:
+                raise ParamsError(f"{SimilarArgs.COMMAND}: {err}") from None
+            # ``own`` lends the stored vectors of a chunk indexed as is (not encoded again),
+            # and its own code is left out of the answer.
+            return self.get_service().similar_to(
+                q, own.workspace, limit=k, languages=args.filters.languages,
+                path_glob=args.filters.path_glob, folders=scope, cancel=cancel)
 
-            def keep(folder: Folder, hit: Hit) -> bool:
-                return folder is not own or not q.is_own(hit.path, hit.start_line, hit.end_line,
-                                                         hit.text, hit.symbol)
-
-            return self._search_job(folders, query, cancel, keep)
-
-        pairs = await self.run(self._readers, job)
-        return SearchResponse(tuple(self._results(pairs, k)), self._incomplete(folders))
+        results = await self.run(self._readers, self._answer, folders, cancel, ask)
+        return SearchResponse(tuple(results), self._incomplete(folders))
 
     async def status(self, args: StatusArgs) -> dict[str, Any]:
         folders = (self._scope(args.folder, StatusArgs.COMMAND) if args.folder
@@ -176,8 +165,10 @@ class Requests:
         out = []
         for folder in folders:
             data = self._folder_status(folder)
-            if folder.index is not None and not folder.stop.is_set():
-                data.update(await self.run(self._readers, index_status, folder.index))
+            workspace = folder.workspace
+            if workspace is not None and not folder.stop.is_set():
+                data.update(await self.run(self._readers, index_status, self.get_service(),
+                                           workspace))
             out.append(data)
         return {"version": __version__, "settings": self.config.to_json(),
                 "warnings": list(self.config.warnings), "folders": out}
@@ -202,7 +193,13 @@ class Requests:
 
     async def reindex(self, args: ReindexArgs, cancel: threading.Event) -> dict[str, Any]:
         """Scan again (``cancel``, set on $/cancelRequest, stops the scan: the folder is left
-        "cancelled" and a later reindex resumes it)."""
+        "cancelled" and a later reindex resumes it). The scan is the service's
+        (``Service.reindex``, in :meth:`Workspace.scan`), with the server's progress bar.
+
+        A rebuild (or a folder in error) stays the server's: it closes the folder, removes its
+        index folder and opens it again, which also recovers an index that cannot be opened
+        (another model, a damaged store), where ``Service.reindex(rebuild=True)`` forgets the
+        files of an open index."""
         folders = self._scope(args.folder, ReindexArgs.COMMAND)
         out = []
         for folder in folders:
@@ -231,33 +228,41 @@ class Requests:
         return [workspace_symbol(r) for r in response.results]
 
 
-def index_status(index: WorkspaceIndex) -> dict[str, Any]:
-    """The index's counts (a reader thread). With no chunk yet there is no coverage to
-    report: ``deepCoverage`` is None, never a 1.0 of nothing."""
+def index_status(service: Service, workspace: ServiceFolder) -> dict[str, Any]:
+    """The index's part of a folder's mose.status, from ``Service.status`` (a reader thread;
+    the server counts pending paths and documents itself)."""
     try:
-        stats = index.store.stats()
-        skipped = [s for s in index.store.all_files() if s.skipped]
-        owner = index.lock.owner()  # the index's writer lock (any process: LSP, MCP, CLI)
+        (st,) = service.status([workspace], count_pending=False)
     except MoseError as err:  # closed meanwhile
         return {"error": str(err)}
-    manifest = index.model.manifest
+    return status_json(st)
+
+
+def status_json(st: FolderStatus) -> dict[str, Any]:
+    """A folder's status in mose.status's shape. With no chunk yet there is no coverage to
+    report: ``deepCoverage`` is None, never a 1.0 of nothing."""
+    owner = st.owner  # the index's writer lock (any process: LSP, MCP, CLI)
     return {
         "writer": None if owner is None else {"pid": owner.pid, "what": owner.what},
-        "files": stats.files, "indexedFiles": stats.indexed_files, "chunks": stats.chunks,
-        "deepCoverage": stats.deep_coverage if stats.chunks else None,
-        "model": {"name": manifest.name, "version": manifest.version,
-                  "path": str(index.model.model_dir.path), "indexExit": index.index_exit,
-                  "rerankExit": index.rerank_exit},
-        "skipped": dict(stats.skipped),
-        "skippedFiles": [{"path": s.path, "code": s.skip_code, "message": s.skip_message}
-                         for s in skipped[:SKIPPED_LISTED]],
+        "files": st.files, "indexedFiles": st.indexed_files, "chunks": st.chunks,
+        "deepCoverage": st.deep_coverage if st.chunks else None,
+        "model": {"name": st.model_name, "version": st.model_version, "path": st.model_path,
+                  "indexExit": st.index_exit, "rerankExit": st.rerank_exit},
+        "skipped": dict(st.skipped),
+        "skippedFiles": [{"path": s.path, "code": s.code, "message": s.message}
+                         for s in st.skipped_files],
     }
 
 
-def scan_json(report: ScanReport | None) -> dict[str, Any] | None:
+SCAN_FIELDS = ("files_seen", "files_indexed", "files_unchanged", "files_skipped",
+               "files_deleted", "files_renamed", "chunks_embedded", "seconds")
+
+
+def scan_json(report: ReindexResult | None) -> dict[str, Any] | None:
+    """A folder's last scan in mose.status's and mose.reindex's shape."""
     if report is None:
         return None
-    data = camel_dict({k: v for k, v in report.__dict__.items() if k != "skipped"})
+    data = camel_dict({k: getattr(report, k) for k in SCAN_FIELDS})
     data["seconds"] = round(report.seconds, 3)
     return data
 

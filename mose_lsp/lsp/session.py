@@ -51,6 +51,7 @@ from .workspace import Workspace
 
 if TYPE_CHECKING:
     from ..encoder import ModelEncoder
+    from ..service.core import Service
     from .handlers import MoseLanguageServer
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class MoseService(SettingsSync, Workspace, Documents, Requests):
         self._closing: asyncio.Future[bool] | None = None
         self.last_request = 0.0
         self.closed = False
+        self._service: Service | None = None
+        self._service_lock = threading.Lock()
 
     # -- shared helpers
 
@@ -92,6 +95,17 @@ class MoseService(SettingsSync, Workspace, Documents, Requests):
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop
+
+    def get_service(self) -> Service:
+        """The service layer (:mod:`mose_lsp.service`) over the folders' open indexes: it
+        answers mose.search, mose.similar, mose.status and the scans, on the server's lanes.
+        Made on first use, by a lane (never the loop: it imports the index code)."""
+        with self._service_lock:
+            if self._service is None:
+                from ..service.core import Service
+
+                self._service = Service(self.base)
+            return self._service
 
     @property
     def settings(self) -> Settings:

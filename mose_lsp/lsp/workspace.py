@@ -29,7 +29,8 @@ from .rpc import RequestFailed
 
 if TYPE_CHECKING:
     from ..encoder import ModelEncoder
-    from ..indexer import Progress, ScanReport
+    from ..indexer import Progress
+    from ..service.types import ReindexResult
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ class Workspace:
         try:
             model = await asyncio.shield(loading)
             bar.report(0, "opening the index")
-            index = await self.run(folder.writer, open_job, folder, settings, model)
+            index = await self.run(folder.writer, open_job, folder, settings, model,
+                                   self.get_service)
         except Exception as err:  # noqa: BLE001 (any failure: the folder is marked and logged)
             bar.end("failed")
             if folder.stop.is_set():
@@ -182,7 +184,7 @@ class Workspace:
 
         try:
             await self.run(folder.editor, restore_disk)  # after the edits in flight
-            await self.run(folder.writer, close_job, folder)  # after any scan or batch
+            await self.run(folder.writer, close_job, folder, self.get_service)  # after any scan or batch
         except Exception:
             log.exception("%s: error while closing the index", folder.name)
         folder.writer.shutdown(wait=False)
@@ -192,12 +194,13 @@ class Workspace:
         folder.state = "closed"
 
     async def scan(self, folder: Folder, cancel: threading.Event | None = None,
-                   bar: ProgressBar | None = None) -> ScanReport | None:
-        """Bring the folder's index up to date with the disk, with a progress bar. The scan
-        stops early when ``cancel`` is set (or the client cancels the progress, or the
-        folder closes)."""
+                   bar: ProgressBar | None = None) -> ReindexResult | None:
+        """Bring the folder's index up to date with the disk (``Service.reindex``, on the
+        writer lane), with a progress bar. The scan stops early when ``cancel`` is set (or
+        the client cancels the progress, or the folder closes)."""
         async with folder.scan_lock:
-            if folder.stop.is_set() or folder.index is None:
+            workspace = folder.workspace
+            if folder.stop.is_set() or folder.index is None or workspace is None:
                 if bar is not None:
                     bar.end("stopped")
                 return None
@@ -213,7 +216,8 @@ class Workspace:
                 bar.report_threadsafe(p.percent, f"{p.done}/{p.total} files")
 
             try:
-                report = await self.run(folder.writer, folder.index.scan, on_progress, cancel)
+                (report,) = await self.run(folder.writer, self.get_service().reindex,
+                                           [workspace], progress=on_progress, cancel=cancel)
             except Exception as err:  # noqa: BLE001 (marked as the folder's error, logged)
                 bar.end("failed")
                 if not folder.stop.is_set():

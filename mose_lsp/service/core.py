@@ -44,20 +44,27 @@ class ServiceError(MoseError):
 
 
 class Workspace:
-    """One workspace folder: its index (opened on first use) and searcher."""
+    """One workspace folder: its index (opened on first use) and searcher.
 
-    def __init__(self, root: Path, settings: Settings, model_fn: Callable[[], object]):
+    An *adopted* folder (:meth:`Service.adopt`) uses an index its caller opened and keeps:
+    closing the folder lets go of the index without closing it, and it is never reopened."""
+
+    def __init__(self, root: Path, settings: Settings, model_fn: Callable[[], object],
+                 index: WorkspaceIndex | None = None, searcher: Searcher | None = None):
         self.root = root
         self.settings = settings
         self._model_fn = model_fn
-        self._index: WorkspaceIndex | None = None
-        self._searcher: Searcher | None = None
+        self._index = index
+        self._searcher = searcher or (Searcher(index) if index is not None else None)
+        self.adopted = index is not None
         self._open_lock = threading.Lock()
 
     @property
     def index(self) -> WorkspaceIndex:
         with self._open_lock:
             if self._index is None:
+                if self.adopted:
+                    raise ServiceError(f"{self.root}: the folder was closed")
                 self._index = WorkspaceIndex.open(self.root, self.settings, self._model_fn())
                 self._searcher = Searcher(self._index)
             return self._index
@@ -75,7 +82,7 @@ class Workspace:
     def close(self) -> None:
         with self._open_lock:
             index, self._index, self._searcher = self._index, None, None
-        if index is not None:
+        if index is not None and not self.adopted:
             index.close()
 
     def writer(self) -> str | None:
@@ -154,6 +161,25 @@ class Service:
                                                          self.model)
             return folder
 
+    def adopt(self, index: WorkspaceIndex, searcher: Searcher | None = None) -> Workspace:
+        """A folder on an index the caller opened (the language server opens, scans, watches
+        and closes its folders' indexes on its own threads): the caller keeps the index and
+        closes it after :meth:`release`. It replaces an adopted folder of the same root."""
+        folder = Workspace(index.root, index.settings, lambda: index.model, index, searcher)
+        with self._folders_lock:
+            old = self._folders.get(folder.root)
+            if old is not None and not old.adopted and old.is_open:
+                raise ServiceError(f"{folder.root} is already open in this service")
+            self._folders[folder.root] = folder
+        return folder
+
+    def release(self, folder: Workspace) -> None:
+        """Forget ``folder``; an adopted folder's index stays open (its caller closes it)."""
+        with self._folders_lock:
+            if self._folders.get(folder.root) is folder:
+                del self._folders[folder.root]
+        folder.close()
+
     def remove_folder(self, root: Path | str) -> None:
         with self._folders_lock:
             folder = self._folders.pop(Path(root).expanduser().resolve(), None)
@@ -212,9 +238,11 @@ class Service:
     def search(self, query: str, *, kind: str = "text", limit: int | None = None,
                languages: Iterable[str] = (), path_glob: str | None = None,
                folders: Sequence[Workspace] | None = None, fresh: bool = True,
-               wait_s: float | None = FRESH_WAIT_S) -> SearchResult:
+               wait_s: float | None = FRESH_WAIT_S,
+               cancel: threading.Event | None = None) -> SearchResult:
         """Search in words (``kind="text"``) or with a code snippet (``kind="code"``).
-        ``fresh``: index what changed on disk first (:meth:`refresh`)."""
+        ``fresh``: index what changed on disk first (:meth:`refresh`). ``cancel``: once set,
+        the folders not searched yet are left out (the caller drops the answer)."""
         if not query.strip():
             raise ServiceError("the query is empty: describe the code you look for, or paste "
                                "a snippet of it")
@@ -224,21 +252,20 @@ class Service:
         scope = self._scope(folders)
         freshness = self.refresh(scope, wait_s) if fresh else ()
         q = Query(query, kind, k=k, languages=tuple(languages), path_glob=path_glob or None)
-        hits = [folder.hit(h) for folder in scope for h in folder.searcher.search(q)]
-        return SearchResult(self._rank(hits, k), freshness)
+        return SearchResult(self._search(scope, q, k, cancel=cancel), freshness)
 
     def similar(self, *, path: str | Path | None = None, start_line: int | None = None,
                 end_line: int | None = None, text: str | None = None, language: str = "",
                 limit: int | None = None, languages: Iterable[str] = (),
                 path_glob: str | None = None, folders: Sequence[Workspace] | None = None,
                 fresh: bool = True, wait_s: float | None = FRESH_WAIT_S,
-                keep_own: bool = False) -> SearchResult:
+                keep_own: bool = False, cancel: threading.Event | None = None) -> SearchResult:
         """Code like a file's code: the innermost chunk around ``start_line`` (0-based), the
         lines ``start_line..end_line``, the whole file (no line), or a pasted ``text``
         snippet (no path). The query's own code is not among the results, nor (for the chunk
         at a line) the other chunks of its symbol in that file (the other windows of a long
         function), unless ``keep_own``."""
-        k = self._limit(limit)
+        self._limit(limit)
         scope = self._scope(folders)
         if (path is None) == (text is None):
             raise ServiceError("give either a path (with an optional line or line range) or a "
@@ -257,7 +284,21 @@ class Service:
                                    f"({', '.join(str(f.root) for f in scope)}); give a path "
                                    "relative to the workspace")
             own, rel = found
-            q = self._query_of_file(own, rel, start_line, end_line)
+            q = similar_query(own.root, rel, start_line, end_line, own.settings.max_file_bytes)
+        result = self.similar_to(q, own, limit=limit, languages=languages, path_glob=path_glob,
+                                 folders=scope, keep_own=keep_own, cancel=cancel)
+        return SearchResult(result.hits, freshness)
+
+    def similar_to(self, q: SimilarQuery, own: Workspace | None, *, limit: int | None = None,
+                   languages: Iterable[str] = (), path_glob: str | None = None,
+                   folders: Sequence[Workspace] | None = None, keep_own: bool = False,
+                   cancel: threading.Event | None = None) -> SearchResult:
+        """The search of :meth:`similar` for a query already made (:func:`similar_query`, or
+        :mod:`mose_lsp.similar` from an editor's unsaved buffer). ``own``: the folder ``q``
+        comes from (None: not open, or a snippet): a chunk indexed as is lends its stored
+        vectors, and its own code is left out unless ``keep_own``. No freshness step."""
+        k = self._limit(limit)
+        scope = self._scope(folders)
         vectors, vectors_model = {}, ""
         if own is not None and q.content_hash is not None and q.rel is not None:
             stored = own.searcher.stored_chunk(q.rel, q.content_hash, q.text)
@@ -271,28 +312,18 @@ class Service:
                 return True
             return not q.is_own(hit.path, hit.start_line, hit.end_line, hit.text, hit.symbol)
 
-        hits = [folder.hit(h) for folder in scope for h in folder.searcher.search(query)
-                if keep(folder, h)]
-        return SearchResult(self._rank(hits, k), freshness)
+        return SearchResult(self._search(scope, query, k, keep, cancel))
 
-    def _query_of_file(self, folder: Workspace, rel: str, start: int | None,
-                       end: int | None) -> SimilarQuery:
-        """The file as the index reads it, then the one query of :mod:`mose_lsp.similar`."""
-        from ..chunker import ChunkLimits, SkipReason, decode_source
-
-        limits = ChunkLimits(max_file_bytes=folder.settings.max_file_bytes)
-        try:
-            raw = read_regular(folder.root / rel, folder.root, limits.max_file_bytes + 1)
-        except OSError as err:
-            raise ServiceError(f"cannot read {rel}: {err.strerror or err}; give the path of a "
-                               "file in the workspace, relative to it") from err
-        text = decode_source(raw, limits)
-        if isinstance(text, SkipReason):
-            raise ServiceError(f"{rel} is not indexed code ({text.message})")
-        try:
-            return file_query(rel, text, start, end, limits.max_file_bytes)
-        except QueryError as err:
-            raise ServiceError(str(err)) from None
+    def _search(self, scope: Sequence[Workspace], query: Query, k: int,
+                keep: Callable[[Workspace, Hit], bool] | None = None,
+                cancel: threading.Event | None = None) -> tuple[ServiceHit, ...]:
+        hits = []
+        for folder in scope:
+            if cancel is not None and cancel.is_set():
+                break
+            hits += [folder.hit(h) for h in folder.searcher.search(query)
+                     if keep is None or keep(folder, h)]
+        return self._rank(hits, k)
 
     def _limit(self, limit: int | None) -> int:
         if limit is None:
@@ -333,7 +364,8 @@ class Service:
                 f"{manifest.name} {manifest.version}", index.index_exit, index.rerank_exit,
                 stats.bytes_on_disk, dict(stats.skipped),
                 tuple(SkippedFile(s.path, s.skip_code or "", s.skip_message or "")
-                      for s in skipped[:SKIPPED_LISTED])))
+                      for s in skipped[:SKIPPED_LISTED]),
+                owner, manifest.name, manifest.version, _model_path(index)))
         return out
 
     def reindex(self, folders: Sequence[Workspace] | None = None, *, rebuild: bool = False,
@@ -371,6 +403,30 @@ class Service:
         return done
 
 
+def similar_query(root: Path, rel: str, start: int | None = None, end: int | None = None,
+                  max_file_bytes: int = 1_000_000, content: str | None = None) -> SimilarQuery:
+    """The query of "find similar" for a file of the folder ``root``: the chunk around
+    line ``start``, the lines ``start..end`` (0-based), or the whole file (no line), read as
+    the index reads it, or from ``content`` (an editor's unsaved buffer)."""
+    if content is None:
+        from ..chunker import ChunkLimits, SkipReason, decode_source
+
+        limits = ChunkLimits(max_file_bytes=max_file_bytes)
+        try:
+            raw = read_regular(root / rel, root, max_file_bytes + 1)
+        except OSError as err:
+            raise ServiceError(f"cannot read {rel}: {err.strerror or err}; give the path of a "
+                               "file in the workspace, relative to it") from err
+        decoded = decode_source(raw, limits)
+        if isinstance(decoded, SkipReason):
+            raise ServiceError(f"{rel} is not indexed code ({decoded.message})")
+        content = decoded
+    try:
+        return file_query(rel, content, start, end, max_file_bytes)
+    except QueryError as err:
+        raise ServiceError(str(err)) from None
+
+
 def folder_settings(settings: Settings, root: Path, several: bool) -> Settings:
     """A folder's settings when ``settings.index_dir`` is configured: with one folder it is
     that folder's index; with several, it holds one sub-folder per folder (named as in the
@@ -382,6 +438,11 @@ def folder_settings(settings: Settings, root: Path, several: bool) -> Settings:
     from ..store import default_index_dir
 
     return replace(settings, index_dir=str(Path(settings.index_dir) / default_index_dir(root).name))
+
+
+def _model_path(index: WorkspaceIndex) -> str:
+    model_dir = getattr(index.model, "model_dir", None)  # None: an encoder without one
+    return str(model_dir.path) if model_dir is not None else ""
 
 
 def forget_all(index: WorkspaceIndex) -> int:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .lock import LockOwner
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class FolderStatus:
     bytes_on_disk: int
     skipped: dict[str, int] = field(default_factory=dict)  # skip code -> files
     skipped_files: tuple[SkippedFile, ...] = ()
+    owner: LockOwner | None = None  # the writer lock's owner, as ``writer`` names it
+    model_name: str = ""
+    model_version: str = ""
+    model_path: str = ""  # the model's folder
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
