@@ -162,8 +162,8 @@ def _equals_fresh_index(index: WorkspaceIndex, model, tmp: Path) -> None:
                 assert vec is not None and theirs[key] is not None, key
                 sims = matrix @ (vec / np.linalg.norm(vec))
                 cos = float(sims[keys.index(key)])
-                # The int8 model quantises activations per batch, so a vector depends a little
-                # on its batch: not bit-equal, but clearly its own text's vector.
+                # Not asked to be bit-equal (the index may have been written by another
+                # process and build): clearly its own text's vector.
                 assert cos > 0.95, (key, layer, cos)
                 best = keys[int(np.argmax(sims))]
                 assert best[4] == key[4] or sims.max() - cos < 0.01, (key, best, layer)
