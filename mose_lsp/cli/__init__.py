@@ -121,7 +121,8 @@ def _wants_json(argv: list[str]) -> bool:
 
 def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
     """(usage errors, aborts) of the click that typer runs on: recent typer versions carry
-    their own copy (``typer._click``), older ones use click itself."""
+    their own copy (``typer._click``; click itself is then not imported), older ones use
+    click itself."""
     from importlib import import_module
 
     usage: list[type] = []
@@ -134,6 +135,7 @@ def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
         usage.append(module.UsageError)
         if isinstance(getattr(module, "Abort", None), type):
             aborts.append(module.Abort)
+        break
     return tuple(usage), tuple(aborts)
 
 
