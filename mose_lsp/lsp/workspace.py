@@ -329,7 +329,9 @@ class Workspace:
             await asyncio.sleep(max(0.05, IDLE_S - quiet))
 
     async def _deep_loop(self, folder: Folder) -> None:
-        """Fill deep-exit vectors in small steps whenever the folder is idle."""
+        """Fill deep-exit vectors in small steps whenever the folder is idle. The steps are
+        the index's own (``WorkspaceIndex.fill_deep``), not ``Service.fill_deep``: the server
+        waits for idle time between steps of :data:`DEEP_STEP` chunks and shows progress."""
         while not folder.stop.is_set():
             await folder.deep_wake.wait()
             folder.deep_wake.clear()
