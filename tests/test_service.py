@@ -117,3 +117,20 @@ def test_an_adopted_index_is_searched_and_left_open(tmp_path, workspace, model):
     finally:
         svc.close()
         index.close()
+
+
+def test_status_claims_no_deep_coverage_before_there_are_chunks(tmp_path, model):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    svc = Service(Settings(index_dir=str(tmp_path / "empty-index")), model=model)
+    try:
+        svc.add_folder(empty)
+        svc.reindex()
+        (status,) = svc.status()
+        assert status.chunks == 0 and status.deep_coverage is None
+        (empty / "a.py").write_text("def area(r):\n    return 3.14159 * r * r\n")
+        svc.reindex(deep=True)
+        (status,) = svc.status()
+        assert status.chunks == 1 and status.deep_coverage == 1.0
+    finally:
+        svc.close()

@@ -359,7 +359,8 @@ class Service:
             manifest = index.model.manifest
             out.append(FolderStatus(
                 folder.root, index.store.index_dir, stats.files, stats.indexed_files,
-                stats.chunks, stats.deep_coverage, pending, owner is not None,
+                stats.chunks, stats.deep_coverage if stats.chunks else None, pending,
+                owner is not None,
                 f"pid {owner.pid} ({owner.what})" if owner else None,
                 f"{manifest.name} {manifest.version}", index.index_exit, index.rerank_exit,
                 stats.bytes_on_disk, dict(stats.skipped),

@@ -75,7 +75,8 @@ class FolderStatus:
     files: int  # known to the index, indexed or skipped
     indexed_files: int
     chunks: int
-    deep_coverage: float | None  # share of chunks with a deep vector (None: no deep exit)
+    deep_coverage: float | None  # share of chunks with a deep vector (None: no deep exit or
+    # no chunks yet, so that it never claims a coverage before there is anything to cover)
     pending_files: int | None  # files changed on disk since the index saw them (None: not counted)
     update_running: bool  # a writer (this or another process) holds the index's lock
     writer: str | None  # who: "pid 123 (scan)"
