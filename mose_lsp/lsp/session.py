@@ -50,9 +50,10 @@ from .settings_sync import SettingsSync
 from .workspace import Workspace
 
 if TYPE_CHECKING:
+    from pygls.lsp.server import LanguageServer
+
     from ..encoder import ModelEncoder
     from ..service.core import Service
-    from .handlers import MoseLanguageServer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,7 +64,7 @@ CLOSE_TIMEOUT_S = 20.0  # closing every folder's index; a stuck job cannot hold 
 class MoseService(SettingsSync, Workspace, Documents, Requests):
     """Folders, documents and requests; called by the thin LSP handlers on the loop."""
 
-    def __init__(self, ls: MoseLanguageServer, base: Settings):
+    def __init__(self, ls: LanguageServer, base: Settings):
         self.ls = ls
         self.base = base
         self.init_options: Any = None
