@@ -56,7 +56,7 @@ def test_tiny_pretrain_finetune_export_index_search(tmp_path):
     shutil.copytree(REPOS / "gostats", ws / "gostats")
     common = ["--model", str(model), "--index-dir", str(tmp_path / "idx")]
     report = json.loads(_mose("index", str(ws), *common, "--json", cwd=tmp_path))
-    assert report["chunks"] > 20
+    assert report["index"]["chunks"] > 20 and report["run"]["chunks_embedded"] > 20
     hits = json.loads(_mose("search", "edit distance between two strings", "-w", str(ws),
                             *common, "--json", cwd=tmp_path))["hits"]
     assert len(hits) == 10 and all(h["exit"] == 4 for h in hits)
