@@ -10,7 +10,8 @@ pygls's protocol. It ends on the first of:
 Then every folder's index is closed (flushed, nothing left to repair at the next start), at most
 :data:`~mose_lsp.lsp.session.CLOSE_TIMEOUT_S`, before the process exits: a scan or an encode
 step in flight notices the stop flag, and one that does not finish in time is abandoned (exit
-code 1 then). A second signal exits at once. ``shutdown`` itself answers only once the indexes
+code 1 then). A second signal exits at once (a repeat of the same SIGTERM or SIGHUP within
+:data:`REPEAT_GRACE_S` is the same stop delivered twice). ``shutdown`` itself answers only once the indexes
 are closed, so a client that sends ``shutdown`` and closes the pipe loses nothing either.
 
 Logs: :class:`ClientLogHandler` copies records to the client as ``window/logMessage`` at the
@@ -133,16 +134,29 @@ async def _serve(server: MoseLanguageServer, tcp: tuple[str, int] | None,
             tcp_server.close()
 
 
+#: A repeat of the same stop signal (SIGTERM, SIGHUP) this soon after the first is the same
+#: request delivered twice, not impatience: Vim stops a server once per plugin that started a
+#: job on it, and a process manager may signal both the process and its group.
+REPEAT_GRACE_S = 1.0
+
+
 def _handle_signals(loop: asyncio.AbstractEventLoop, end: Any) -> None:
-    seen: list[int] = []
+    seen: list[tuple[int, float]] = []
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
-        if seen:  # a second signal: the user does not want to wait
+        if seen:
+            first, at = seen[0]
+            if (signum == first and signum != signal.SIGINT
+                    and loop.time() - at < REPEAT_GRACE_S):
+                log.info("%s again within %.0f s: still closing the indexes", name,
+                         REPEAT_GRACE_S)
+                return
+            # A second request to stop (Ctrl-C again, or another signal): do not wait.
             log.warning("%s again: exiting without closing the indexes", name)
             logging.shutdown()
             os._exit(128 + signum)
-        seen.append(signum)
+        seen.append((signum, loop.time()))
         end(name, 0)
 
     for name in SIGNALS:
