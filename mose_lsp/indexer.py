@@ -48,7 +48,7 @@ from .chunker import Chunk, ChunkLimits, ChunkResult, SkipReason, chunk_source, 
 from .config import Settings
 from .encoder import ModelEncoder
 from .errors import StoreError
-from .languages import detect_language
+from .filetypes import detect_language
 from .service.lock import LockBusy, writer_lock
 from .store import FileMeta, FileState, Store, default_index_dir
 from .walker import FileEntry, IgnoreRules, iter_files

@@ -62,7 +62,7 @@ def file_query(rel: str, text: str, start: int | None = None, end: int | None = 
     ``start..end`` (0-based, inclusive; ``end`` is clipped to the last line), or the innermost
     chunk around ``start`` (no ``end``), as the chunker cuts the file for the index."""
     from .chunker import ChunkLimits, chunk_source
-    from .languages import detect_language
+    from .filetypes import detect_language
 
     lang = detect_language(rel) or ""
     lines = text.splitlines()

@@ -104,12 +104,12 @@ def _node(built_module: str, expression: str) -> str:
 
 
 def test_synced_files_are_the_ones_the_server_indexes(built):
-    from mose_lsp import languages
+    from mose_lsp import filetypes
 
     exts = _node("languages.js", "m.EXTENSIONS")
     names = _node("languages.js", "m.FILE_NAMES")
-    assert sorted(exts) == sorted(languages._EXTENSIONS)
-    assert sorted(names) == sorted(languages._FILE_NAMES)
+    assert sorted(exts) == sorted(filetypes._EXTENSIONS)
+    assert sorted(names) == sorted(filetypes._FILE_NAMES)
 
 
 def test_the_extension_finds_indexes_where_the_server_keeps_them(built, tmp_path):
@@ -122,8 +122,8 @@ def test_the_extension_finds_indexes_where_the_server_keeps_them(built, tmp_path
     found = _node("startPolicy.js", f"m.indexPath({json.dumps(str(folder))}, {json.dumps(ctx)})")
     env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
     expected = subprocess.run(
-        [sys.executable, "-c", "import sys; from mose_lsp.store import default_index_dir; "
-         "print(default_index_dir(sys.argv[1]))", str(folder)],
+        [sys.executable, "-c", ("import sys; from mose_lsp.store import default_index_dir; "
+                                "print(default_index_dir(sys.argv[1]))"), str(folder)],
         env=env, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
     assert found == expected
     assert default_index_dir(folder).name == Path(expected).name

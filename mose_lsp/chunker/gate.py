@@ -9,10 +9,7 @@ import os
 import re
 from pathlib import Path, PurePath, PurePosixPath
 
-from ..languages import (
-    PROSE_LANGUAGES,
-    detect_language,
-)
+from ..filetypes import PROSE_LANGUAGES, detect_language
 from .records import DEFAULT_LIMITS, ChunkLimits, ChunkResult, SkipReason, posix_path
 from .units import chunk_text
 

@@ -103,7 +103,7 @@ class Folder:
 
     def ignored(self, rel: str) -> bool:
         """Whether the folder's rules keep ``rel`` out of the index (edit lane only)."""
-        from ..languages import detect_language
+        from ..filetypes import detect_language
         from ..walker import IgnoreRules
 
         if self._rules is None and self.settings is not None:

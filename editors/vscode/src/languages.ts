@@ -1,4 +1,4 @@
-// The files the server indexes (mose_lsp/languages.py: _EXTENSIONS and _FILE_NAMES), so that
+// The files the server indexes (mose_lsp/filetypes.py: _EXTENSIONS and _FILE_NAMES), so that
 // the client syncs only those documents. tests/test_editors_vscode.py checks that the lists
 // match the server's.
 
