@@ -7,6 +7,11 @@ bounds, flags, paths, repeated text), which convert directly. :func:`install` gi
 typer parameter a converter that handles such values itself and hands everything else (a value it
 cannot convert, one out of bounds, a type it does not know) to typer's own conversion, so
 results and error messages stay typer's. With a typer that has no such layer it does nothing.
+
+This wraps a private typer method: ``tests/test_cli_coercion.py`` holds its results to typer's
+and checks that a one-shot command loads no pydantic, so a typer release that changes the
+internals fails there first. Drop this module once typer converts plain values without
+building pydantic adapters (or imports pydantic only for the types that need it).
 """
 
 from __future__ import annotations
