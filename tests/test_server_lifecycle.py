@@ -133,7 +133,9 @@ def test_a_second_signal_exits_at_once(tmp_path, model_path):
         client.proc.send_signal(signal.SIGTERM)
         client.proc.send_signal(signal.SIGINT)
         code = client.wait(60)
-        assert code in (0, 128 + signal.SIGINT)  # closed already, or cut short
+        # Closed already, or cut short by whichever of the two the kernel delivered second
+        # (pending signals are delivered lowest number first: SIGINT may come before SIGTERM).
+        assert code in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM), code
     finally:
         client.kill()
 

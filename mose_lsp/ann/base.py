@@ -163,3 +163,14 @@ def pad_rows(
         ids[i, : len(row_ids)] = row_ids
         scores[i, : len(row_scores)] = row_scores
     return ids, scores
+
+
+def add_batch(ids: Iterable[int] | np.ndarray, vectors: np.ndarray,
+              dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``add`` arguments of any index, checked and normalised: int64 ids (N,), unit float32
+    rows (N, dim), the last row kept for a repeated id."""
+    ids = as_ids(ids)
+    vecs = normalize(vectors, dim) if len(ids) else np.zeros((0, dim), np.float32)
+    if len(vecs) != len(ids):
+        raise ValueError(f"{len(ids)} ids but {len(vecs)} vectors")
+    return dedupe_last(ids, vecs)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from .base import IdFilter, IndexFileError, RWLock, as_ids, dedupe_last, normalize, pad_rows, topk
+from .base import IdFilter, IndexFileError, RWLock, add_batch, as_ids, normalize, pad_rows, topk
 from .files import check_file, make_sidecar, read_sidecar, save_atomically
 
 
@@ -71,11 +71,7 @@ class BruteForceIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert or replace the vectors of ``ids``."""
-        ids = as_ids(ids)
-        vecs = normalize(vectors, self.dim) if len(ids) else np.zeros((0, self.dim), np.float32)
-        if len(vecs) != len(ids):
-            raise ValueError(f"{len(ids)} ids but {len(vecs)} vectors")
-        ids, vecs = dedupe_last(ids, vecs)
+        ids, vecs = add_batch(ids, vectors, self.dim)
         with self._lock.write():
             self._check_open()
             new = sum(1 for i in ids if int(i) not in self._row)

@@ -17,8 +17,8 @@ from .base import (
     IdFilter,
     IndexFileError,
     RWLock,
+    add_batch,
     as_ids,
-    dedupe_last,
     normalize,
     pad_rows,
     topk,
@@ -169,13 +169,9 @@ class HnswIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert or replace the vectors of ``ids`` (int64, shape (N,)); vectors (N, dim)."""
-        ids = as_ids(ids)
-        vecs = normalize(vectors, self.dim) if len(ids) else np.zeros((0, self.dim), np.float32)
-        if len(vecs) != len(ids):
-            raise ValueError(f"{len(ids)} ids but {len(vecs)} vectors")
+        ids, vecs = add_batch(ids, vectors, self.dim)
         if not len(ids):
             return
-        ids, vecs = dedupe_last(ids, vecs)
         with self._lock.write():
             index = self._require()
             self._add_to(index, self._live, ids, vecs)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types as lsp
 
-from .stdio import EarlyStdio, Writer
+from .stdio import EarlyStdio, Writer, header_line
 
 if TYPE_CHECKING:
     from .handlers import MoseLanguageServer
@@ -227,15 +227,10 @@ class _SocketWriter:
 
 
 async def _aheader(reader: asyncio.StreamReader) -> int | None:
+    """:func:`.stdio.read_header` over an asyncio stream (the TCP connection)."""
     length: int | None = None
-    while True:
-        line = await reader.readline()
-        if not line:
-            return None
-        if not line.strip():
-            if length is not None:
-                return length
-            continue
-        name, _, value = line.decode("ascii", "replace").partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value.strip())
+    while line := await reader.readline():
+        done, length = header_line(line, length)
+        if done:
+            return length
+    return None

@@ -92,20 +92,25 @@ class FdReader:
         return data
 
 
+def header_line(line: bytes, length: int | None) -> tuple[bool, int | None]:
+    """One line of a message's header: (whether the header ended with a length, the content
+    length so far). A blank line before any ``Content-Length`` is skipped."""
+    if not line.strip():
+        return length is not None, length
+    name, _, value = line.decode("ascii", "replace").partition(":")
+    if name.strip().lower() == "content-length":
+        length = int(value.strip())
+    return False, length
+
+
 def read_header(readline: Callable[[], bytes]) -> int | None:
     """The content length of the next message (None at the end of input)."""
     length: int | None = None
-    while True:
-        line = readline()
-        if not line:
-            return None
-        if not line.strip():
-            if length is not None:
-                return length
-            continue
-        name, _, value = line.decode("ascii", "replace").partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value.strip())
+    while line := readline():
+        done, length = header_line(line, length)
+        if done:
+            return length
+    return None
 
 
 def frame(body: bytes) -> bytes:
