@@ -12,12 +12,18 @@ being the deepest requested exit, so a shallow exit costs only its own layers. L
 no final norm is applied (BERT has none after the last block), so the full-depth exit of an
 untrained adapter on all-MiniLM-L6-v2 is exactly the sentence-transformers embedding.
 
+An exit may own its top blocks (``branches``): exit 2 with a branch of 2 runs the embeddings and
+its own copies of blocks 1-2, trained for it alone, while the deeper exits keep the shared
+blocks. Each exit is exported as its own graph, so a branch costs the shallow exit nothing at
+run time and leaves the deep exit exactly as it was (training/recipes/shallow_exit.py).
+
 The architecture is rebuilt offline from ``config_dict()``: it holds the transformers config
 as a plain dict, so ``load_checkpoint`` never touches a model hub.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Iterator
@@ -111,16 +117,21 @@ def _additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Te
 
 def _run_blocks(embeddings: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, keep: tuple[int, ...]) -> dict[int, torch.Tensor]:
-    """Embed, then run ``layers`` in order; return the (B, T, H) states after each layer in ``keep``."""
+    """Embed, then run ``layers`` in order; return the (B, T, H) states after each layer in
+    ``keep`` (0: the embeddings' output)."""
     hidden = embeddings(input_ids=input_ids)  # (B, T, H)
     mask = _additive_mask(attention_mask, hidden.dtype)  # (B, 1, 1, T)
-    states: dict[int, torch.Tensor] = {}
+    states: dict[int, torch.Tensor] = {0: hidden} if 0 in keep else {}
     for index, block in enumerate(layers, start=1):
-        out = block(hidden, attention_mask=mask)
-        hidden = out[0] if isinstance(out, tuple) else out  # transformers 5 returns a tensor
+        hidden = _block(block, hidden, mask)
         if index in keep:
             states[index] = hidden
     return states
+
+
+def _block(block: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    out = block(hidden, attention_mask=mask)
+    return out[0] if isinstance(out, tuple) else out  # transformers 5 returns a tensor
 
 
 class HFExitModule(nn.Module):
@@ -164,8 +175,12 @@ class HFMultiExitEncoder(MultiExitEncoder):
         add_special_tokens: bool = True,
         attn_implementation: str = "sdpa",
         backbone: nn.Module | None = None,
+        branches: dict[str, int] | None = None,
     ):
         """``hf_config``: the transformers config as a dict (``config.to_dict()``).
+
+        ``branches``: exit layer -> how many of its top blocks the exit owns (copies of the
+        shared blocks at construction, trained apart from them); e.g. ``{"2": 2}``.
 
         ``projection``: output size of a Linear head per exit (identity-initialised when it
         equals the hidden size); None for no head. ``backbone``: an already loaded transformers
@@ -216,6 +231,14 @@ class HFMultiExitEncoder(MultiExitEncoder):
         self.templates = {"text": text_template, "code": code_template}
         self.add_special_tokens = add_special_tokens
         self.heads = nn.ModuleDict({str(e): _ExitHeads(hidden, projection, pooling) for e in exits})
+        self.branches = nn.ModuleDict()
+        for key, owned in sorted((branches or {}).items()):
+            layer, owned = int(key), int(owned)
+            if layer not in exits or not 1 <= owned <= layer:
+                raise AdapterError(f"branch {key}: {owned} block(s) must belong to an exit "
+                                   f"{list(exits)} and be between 1 and that exit's layer")
+            shared = backbone.encoder.layer[layer - owned:layer]
+            self.branches[str(layer)] = nn.ModuleList(copy.deepcopy(b) for b in shared)
         self.tokenizer_file: Path | None = None  # set by from_pretrained; not part of the config
 
     # -- construction -----------------------------------------------------------------------
@@ -291,6 +314,7 @@ class HFMultiExitEncoder(MultiExitEncoder):
             "text_template": self.templates["text"],
             "code_template": self.templates["code"],
             "add_special_tokens": self.add_special_tokens,
+            "branches": {k: len(v) for k, v in self.branches.items()},
         }
 
     @classmethod
@@ -301,12 +325,28 @@ class HFMultiExitEncoder(MultiExitEncoder):
 
     # -- the MultiExitEncoder interface -------------------------------------------------------
 
+    def trunk_layer(self, layer: int) -> int:
+        """The last shared block under exit ``layer`` (its own blocks start above it)."""
+        branch = self.branches[str(layer)] if str(layer) in self.branches else ()
+        return layer - len(branch)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 exits: tuple[int, ...] | None = None) -> MultiExitOutput:
-        """(B, T) ids and 1/0 mask -> every requested exit; runs blocks up to the deepest one."""
+        """(B, T) ids and 1/0 mask -> every requested exit; runs the shared blocks up to the
+        deepest one that a requested exit needs, then each branch on its trunk's state."""
         chosen = self._check_exits(exits)
-        layers = self.backbone.encoder.layer[: chosen[-1]]
-        states = _run_blocks(self.backbone.embeddings, layers, input_ids, attention_mask, chosen)
+        trunks = {layer: self.trunk_layer(layer) for layer in chosen}
+        keep = tuple(sorted(set(trunks.values())))
+        layers = self.backbone.encoder.layer[: max(keep)]
+        states = _run_blocks(self.backbone.embeddings, layers, input_ids, attention_mask, keep)
+        if self.branches:
+            mask = _additive_mask(attention_mask, states[keep[0]].dtype)
+            for layer in chosen:
+                if trunks[layer] != layer:
+                    hidden = states[trunks[layer]]
+                    for block in self.branches[str(layer)]:
+                        hidden = _block(block, hidden, mask)
+                    states[layer] = hidden
         hidden, pooled, embeddings = [], [], []
         for layer in chosen:
             p, e = self.heads[str(layer)](states[layer], attention_mask)
@@ -317,7 +357,10 @@ class HFMultiExitEncoder(MultiExitEncoder):
 
     def exit_module(self, layer: int) -> HFExitModule:
         self._check_exits((layer,))
-        blocks = list(self.backbone.encoder.layer[:layer])
+        trunk = self.trunk_layer(layer)
+        blocks = list(self.backbone.encoder.layer[:trunk])
+        if trunk != layer:
+            blocks += list(self.branches[str(layer)])
         return HFExitModule(self.backbone.embeddings, blocks, self.heads[str(layer)])
 
     def export_info(self) -> ExportInfo:
