@@ -257,3 +257,33 @@ def test_prepare_student_freezes_all_but_the_branch_and_its_head(setup):
     trainable = {n.split(".")[0] + "." + n.split(".")[1]
                  for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"branches.2", "heads.2"}
+
+
+def _suite(folder, groups=12):
+    folder.mkdir()
+    with open(folder / "corpus.jsonl", "w", encoding="utf-8") as fh:
+        for g in range(groups):
+            fh.write(json.dumps({"id": str(g), "text": f"def fn_{g}(x):\n    return x * {g}",
+                                 "lang": "python"}) + "\n")
+    with open(folder / "queries.jsonl", "w", encoding="utf-8") as fh:
+        for g in range(groups):
+            fh.write(json.dumps({"id": f"q{g}", "text": f"multiply by {g}", "kind": "text",
+                                 "lang": "en", "relevant": [str(g)]}) + "\n")
+    return folder
+
+
+def test_score_interpolates_between_the_start_and_the_trained_state(setup):
+    root, cfg, pairs, teacher = setup
+    final = train_shallow(str(root / "init"), str(teacher), str(pairs), str(root / "run"), cfg,
+                          log=lambda _m: None)
+    suite = _suite(root / "suite")
+    scores = shallow_exit.score_run(str(root / "init"), str(root / "run"), cfg, [str(suite)],
+                                    [0.0, 1.0], log=lambda _m: None)
+    suites = shallow_exit._load_suites([str(suite)])
+    start, _ = prepare_student(str(root / "init"), cfg.train)
+    trained, tok = load_checkpoint(final)
+    assert [s["alpha"] for s in scores] == [0.0, 1.0] and scores[0]["step"] == cfg.train.steps
+    assert scores[0]["suite"] == shallow_exit.score_exit(start, tok, 2, suites)["suite"]
+    assert scores[1]["suite"] == shallow_exit.score_exit(trained, tok, 2, suites)["suite"]
+    with pytest.raises(SystemExit, match="no state.pt"):
+        shallow_exit.score_run(str(root / "init"), str(root / "nothing"), cfg, [str(suite)], [1.0])

@@ -20,6 +20,9 @@ costs the index exit nothing at run time.
    takes the same steps as an unbroken one. Optionally scores the exit on evaluation suites
    every ``eval_every`` steps (the learning curve, ``curve.jsonl``).
 3. The final model is a checkpoint that ``mose export`` reads (``<out>/checkpoint``).
+4. ``score``: the exit of a run's saved state on evaluation suites, optionally with its trained
+   weights interpolated towards the starting ones (``alpha`` x trained + (1 - alpha) x start,
+   the branch and head only), to measure what a smaller step away from the start keeps.
 
 Config: ``training/configs/default-model-shallow.yaml``.
 """
@@ -58,16 +61,16 @@ class ShallowTrainConfig:
     exit: int = 2  # the exit that gets blocks of its own
     own_blocks: int = 2  # how many of the blocks under it it owns (copies, then trained)
     teacher_exit: int = 6
-    steps: int = 2000
+    steps: int = 1200
     batch_size: int = 64
     lr: float = 1.0e-4  # AdamW, linear warm-up then linear decay to 0
     warmup_steps: int = 100
     weight_decay: float = 0.01
     distill: float = 1.0  # 2 - 2cos to the teacher, queries and codes
-    contrastive: float = 0.33  # symmetric InfoNCE, in-batch negatives
+    contrastive: float = 0.1  # symmetric InfoNCE, in-batch negatives
     scale: float = 20.0
     save_every: int = 50
-    eval_every: int = 250
+    eval_every: int = 200
     threads: int = 2
 
 
@@ -317,27 +320,57 @@ def _load_suites(paths: list[str]):
     return [s for p in paths for s in load_suites(p)]
 
 
-def _record_curve(root: Path, model, tokenizer, cfg: ShallowTrainConfig, suites, step: int,
-                  _losses, log) -> None:
-    """Score the exit on the suites with the live model (float32) and append to the curve."""
+def score_exit(model, tokenizer, exit: int, suites) -> dict:
+    """MRR and Recall@16/@100 (x 100) of ``exit`` on each suite, the live model in float32."""
     from mose_lsp.evaluate import evaluate
 
     from ..evaluation import TorchEncoder
 
     model.eval()
-    t = time.time()
     encoder = TorchEncoder(model, tokenizer, batch_size=64)
-    record: dict = {"step": step}
+    record: dict = {}
     for suite in suites:
         with torch.no_grad():
-            result = evaluate(encoder, suite, exits=(cfg.exit,), recall_ks=(10, 100))
+            result = evaluate(encoder, suite, exits=(exit,), recall_ks=(16, 100))
         metrics = result.exits[0].metrics
         record[suite.name] = {"mrr": round(100 * metrics.mrr, 2),
+                              "recall@16": round(100 * metrics.recall[16], 2),
                               "recall@100": round(100 * metrics.recall[100], 2)}
-    record["seconds"] = round(time.time() - t, 1)
+    return record
+
+
+def _record_curve(root: Path, model, tokenizer, cfg: ShallowTrainConfig, suites, step: int,
+                  _losses, log) -> None:
+    """Score the exit on the suites and append the point to the run's learning curve."""
+    t = time.time()
+    record = {"step": step, **score_exit(model, tokenizer, cfg.exit, suites),
+              "seconds": round(time.time() - t, 1)}
     with open(root / CURVE_FILE, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
     log(f"curve {json.dumps(record)}")
+
+
+def score_run(init: str, run: str, cfg: ShallowExitConfig, suites: list[str],
+              alphas: list[float], log=print) -> list[dict]:
+    """Score a run's saved state at each interpolation ``alpha`` towards the start (1: as
+    trained, 0: the starting model)."""
+    state_path = Path(run) / STATE_FILE
+    if not state_path.is_file():
+        raise SystemExit(f"error: {run} holds no {STATE_FILE}; train first")
+    torch.set_num_threads(cfg.train.threads)
+    model, tokenizer = prepare_student(init, cfg.train)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    loaded = _load_suites(suites)
+    out = []
+    for alpha in alphas:
+        mixed = {k: alpha * v + (1 - alpha) * start[k] for k, v in state["model"].items()}
+        model.load_state_dict(mixed, strict=False)
+        record = {"step": int(state["step"]), "alpha": alpha,
+                  **score_exit(model, tokenizer, cfg.train.exit, loaded)}
+        log(json.dumps(record))
+        out.append(record)
+    return out
 
 
 # ============================================================================================
@@ -361,13 +394,31 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", required=True, help="run folder (state, curve, checkpoint)")
     r.add_argument("--suite", action="append", default=[],
                    help="evaluation suite folder scored every train.eval_every steps")
+    c = sub.add_parser("score", help="score a run's saved state, optionally interpolated "
+                       "towards the start")
+    c.add_argument("--init", required=True, help="the checkpoint the run started from")
+    c.add_argument("--run", required=True, help="run folder (holds state.pt)")
+    c.add_argument("--config", required=True)
+    c.add_argument("--suite", action="append", required=True)
+    c.add_argument("--alpha", default="1", help="comma-separated interpolation weights")
+    c.add_argument("--json", help="write the scores here")
     r.add_argument("--stop-after", type=int, help="train at most this many steps now (the "
                    "state is saved; the same command goes on from there)")
-    for sp in (t, r):
+    for sp in (t, r, c):
         sp.add_argument("--set", action="append", default=[], help="field=value (YAML value)")
     a = p.parse_args(argv)
     cfg = load_shallow_config(a.config, a.set)
-    if a.cmd == "teacher":
+    if a.cmd == "score":
+        try:
+            alphas = [float(x) for x in a.alpha.split(",")]
+        except ValueError:
+            raise SystemExit(f"error: --alpha takes numbers separated by commas, got "
+                             f"{a.alpha!r}") from None
+        scores = score_run(a.init, a.run, cfg, a.suite, alphas,
+                           log=lambda m: print(m, flush=True))
+        if a.json:
+            Path(a.json).write_text(json.dumps(scores, indent=1) + "\n", encoding="utf-8")
+    elif a.cmd == "teacher":
         cache_teacher(a.model, a.pairs, a.out, cfg, log=lambda m: print(m, flush=True))
     else:
         train_shallow(a.init, a.teacher, a.pairs, a.out, cfg, a.suite,
