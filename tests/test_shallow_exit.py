@@ -287,3 +287,22 @@ def test_score_interpolates_between_the_start_and_the_trained_state(setup):
     assert scores[1]["suite"] == shallow_exit.score_exit(trained, tok, 2, suites)["suite"]
     with pytest.raises(SystemExit, match="no state.pt"):
         shallow_exit.score_run(str(root / "init"), str(root / "nothing"), cfg, [str(suite)], [1.0])
+
+
+def test_a_minority_share_fills_that_part_of_every_batch_from_the_other_languages():
+    rows = [{"lang": "python"}] * 40 + [{"lang": "cpp"}] * 6 + [{"lang": "c"}] * 4
+    minority = shallow_exit.minority_groups(rows)
+    assert minority.tolist() == list(range(40, 50))
+    seen = []
+    for step in range(6):  # the minority pool (10) gives 2 slices of 4 per epoch
+        idx, shapes = batch_for_step(step, len(rows), 8, seed=0, minority=minority,
+                                     minority_share=0.5)
+        again, _ = batch_for_step(step, len(rows), 8, seed=0, minority=minority,
+                                  minority_share=0.5)
+        assert np.array_equal(idx, again) and len(idx) == len(shapes) == 8
+        assert sum(i >= 40 for i in idx) == 4
+        seen.extend(int(i) for i in idx if i >= 40)
+    assert len(set(seen[:8])) == 8  # no repeat within an epoch of the pool
+    assert len(set(seen[8:16])) == 8  # and none within the next one
+    plain, _ = batch_for_step(0, len(rows), 8, seed=0, minority=minority, minority_share=0.0)
+    assert np.array_equal(plain, batch_for_step(0, len(rows), 8, seed=0)[0])

@@ -54,6 +54,8 @@ class ShallowDataConfig:
     query_max_tokens: int = 48
     code_max_tokens: int = 160
     shard_groups: int = 2000  # teacher vectors are written this many groups at a time
+    minority_share: float = 0.0  # share of each batch drawn from groups in languages other
+    # than the sample's most common one (0: batches drawn from all groups alike)
 
 
 @dataclass
@@ -199,15 +201,46 @@ def _lr(step: int, cfg: ShallowTrainConfig) -> float:
                               max_steps=cfg.steps)
 
 
-def batch_for_step(step: int, n: int, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def batch_for_step(step: int, n: int, batch_size: int, seed: int,
+                   minority: np.ndarray | None = None,
+                   minority_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Group indices and shape choices of optimiser step ``step`` (0-based): a function of
-    (seed, step) only, so a resumed run draws the same batches."""
-    per_epoch = max(1, n // batch_size)
-    epoch, slot = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    idx = order[slot * batch_size:(slot + 1) * batch_size]
-    shapes = np.random.default_rng([seed, epoch, slot, 1]).integers(len(SHAPES), size=len(idx))
+    (seed, step) only, so a resumed run draws the same batches. With ``minority`` (indices of
+    the groups in the less common languages) and a ``minority_share``, that share of every
+    batch comes from those groups and the rest from the others, each pool in its own epochs."""
+    take = round(minority_share * batch_size) if minority is not None and len(minority) else 0
+    if take == 0:
+        per_epoch = max(1, n // batch_size)
+        epoch, slot = divmod(step, per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        idx = order[slot * batch_size:(slot + 1) * batch_size]
+        shapes = np.random.default_rng([seed, epoch, slot, 1]).integers(len(SHAPES), size=len(idx))
+        return idx, shapes
+    majority = np.setdiff1d(np.arange(n), minority)
+    idx = np.concatenate([_draw(step, np.asarray(minority), take, seed, 2),
+                          _draw(step, majority, batch_size - take, seed, 3)])
+    shapes = np.random.default_rng([seed, step, 4]).integers(len(SHAPES), size=len(idx))
     return idx, shapes
+
+
+def _draw(step: int, pool: np.ndarray, k: int, seed: int, tag: int) -> np.ndarray:
+    """``k`` members of ``pool`` for ``step``: consecutive slices of a seeded permutation per
+    epoch of the pool."""
+    if k <= 0 or len(pool) == 0:
+        return pool[:0]
+    per_epoch = max(1, len(pool) // k)
+    epoch, slot = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, tag, epoch]).permutation(len(pool))
+    return pool[order[slot * k:(slot + 1) * k]]
+
+
+def minority_groups(rows: list[dict[str, str]]) -> np.ndarray:
+    """Indices of the groups whose language is not the sample's most common one."""
+    langs = [r.get("lang", "") for r in rows]
+    if not langs:
+        return np.zeros(0, dtype=np.int64)
+    common = max(set(langs), key=langs.count)
+    return np.array([i for i, lang in enumerate(langs) if lang != common], dtype=np.int64)
 
 
 def _encode(model, inputs, texts: list[str], kind: str, limit: int, exit: int,
@@ -236,6 +269,10 @@ def train_shallow(init: str, teacher_dir: str, pairs_file: str, out: str,
     inputs = model_inputs(model, tokenizer)
     teacher = {k: torch.from_numpy(v) for k, v in load_teacher(teacher_dir, cfg).items()}
     rows = sample_groups(pairs_file, cfg.data.groups, cfg.seed)
+    minority = minority_groups(rows)
+    if cfg.data.minority_share:
+        log(f"{len(minority)} of {len(rows)} groups in the less common languages make "
+            f"{cfg.data.minority_share:.0%} of every batch")
     opt = _optimizer(model, t_cfg)
     step = 0
     state_path = root / STATE_FILE
@@ -258,7 +295,8 @@ def train_shallow(init: str, teacher_dir: str, pairs_file: str, out: str,
     while step < end:
         model.train()
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, reproducible on resume
-        idx, shapes = batch_for_step(step, len(rows), t_cfg.batch_size, cfg.seed)
+        idx, shapes = batch_for_step(step, len(rows), t_cfg.batch_size, cfg.seed, minority,
+                                     cfg.data.minority_share)
         qf = [SHAPES[s][0] for s in shapes]
         cf = [SHAPES[s][1] for s in shapes]
         q_texts = [rows[i][f] for i, f in zip(idx, qf)]
