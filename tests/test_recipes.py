@@ -129,6 +129,11 @@ def test_shipped_configs_load(name):
 
         assert load_heads_config(CONFIGS / name).heads.steps > 0
         return
+    if name == "default-model-shallow.yaml":  # training/recipes/shallow_exit.py
+        from mose_training.recipes.shallow_exit import load_shallow_config
+
+        assert load_shallow_config(CONFIGS / name).train.steps > 0
+        return
     cls = PretrainConfig if "pretrain" in name else FinetuneConfig
     cfg = load_config(cls, CONFIGS / name)
     assert cfg.train.max_steps > 0

@@ -277,7 +277,7 @@ def train_shallow(init: str, teacher_dir: str, pairs_file: str, out: str,
     step = 0
     state_path = root / STATE_FILE
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         if state["config"] != asdict(cfg):
             raise SystemExit(f"error: {state_path} was written with another config; delete "
                              f"{root} to start again, or run with the config it was made with")
@@ -398,7 +398,7 @@ def score_run(init: str, run: str, cfg: ShallowExitConfig, suites: list[str],
     torch.set_num_threads(cfg.train.threads)
     model, tokenizer = prepare_student(init, cfg.train)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
     loaded = _load_suites(suites)
     out = []
     for alpha in alphas:
