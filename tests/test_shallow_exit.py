@@ -56,6 +56,15 @@ def _with_branch(plain: HFMultiExitEncoder) -> HFMultiExitEncoder:
     return branched
 
 
+def _trained_branch() -> HFMultiExitEncoder:
+    """A branched model whose branch has moved away from the shared blocks."""
+    branched = _with_branch(_model())
+    with torch.no_grad():
+        for p in branched.branches["2"].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return branched
+
+
 def test_a_branch_starts_as_the_shared_blocks_and_moves_only_its_exit():
     plain = _model()
     branched = _with_branch(plain)
@@ -71,10 +80,7 @@ def test_a_branch_starts_as_the_shared_blocks_and_moves_only_its_exit():
 
 
 def test_a_branched_exit_runs_no_shared_block_and_exports_its_own_blocks():
-    branched = _with_branch(_model())
-    with torch.no_grad():
-        for p in branched.branches["2"].parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    branched = _trained_branch()
     ids, mask = _batch()
     calls: list[int] = []
     hooks = [b.register_forward_hook(lambda *_a, i=i: calls.append(i))
@@ -96,10 +102,7 @@ def test_a_branched_exit_runs_no_shared_block_and_exports_its_own_blocks():
 
 
 def test_branches_survive_a_checkpoint_round_trip(tmp_path):
-    branched = _with_branch(_model())
-    with torch.no_grad():
-        for p in branched.branches["2"].parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    branched = _trained_branch()
     save_checkpoint(branched, tmp_path / "ckpt", tokenizer_file=TOKENIZER)
     meta = json.loads((tmp_path / "ckpt" / "mose_checkpoint.json").read_text())
     assert meta["config"]["branches"] == {"2": 2}
@@ -122,10 +125,7 @@ def test_a_branched_checkpoint_exports_each_exit_with_parity(tmp_path):
     from mose_export.onnx_export import attention_blocks
     from mose_lsp.encoder import ModelEncoder
 
-    branched = _with_branch(_model())
-    with torch.no_grad():
-        for p in branched.branches["2"].parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    branched = _trained_branch()
     save_checkpoint(branched, tmp_path / "ckpt", tokenizer_file=TOKENIZER)
     result = export_model(tmp_path / "ckpt", tmp_path / "out", int8=False, index_exit=2,
                           rerank_exit=3)
