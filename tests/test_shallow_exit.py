@@ -114,6 +114,21 @@ def test_branches_survive_a_checkpoint_round_trip(tmp_path):
                                        atol=0, rtol=0)
 
 
+def test_a_branched_exit_under_another_branch_feeds_it_the_shared_state():
+    """Exit 2 owns block 2 and exit 3 owns block 3: exit 3 must start from the shared block 2."""
+    torch.manual_seed(0)
+    both = HFMultiExitEncoder(SMALL, exit_layers=(2, 3), projection=32, max_tokens=64,
+                              branches={"2": 1, "3": 1}).eval()
+    with torch.no_grad():
+        for p in both.branches["2"].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ids, mask = _batch()
+    with torch.no_grad():
+        together = both(ids, mask)
+        torch.testing.assert_close(together[3], both(ids, mask, exits=(3,))[3], atol=0, rtol=0)
+        torch.testing.assert_close(together[2], both(ids, mask, exits=(2,))[2], atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("branches", [{"2": 3}, {"1": 1}, {"2": 0}])
 def test_a_branch_must_sit_under_an_exit_and_fit_in_it(branches):
     with pytest.raises(AdapterError, match="branch"):

@@ -339,18 +339,19 @@ class HFMultiExitEncoder(MultiExitEncoder):
         keep = tuple(sorted(set(trunks.values())))
         layers = self.backbone.encoder.layer[: max(keep)]
         states = _run_blocks(self.backbone.embeddings, layers, input_ids, attention_mask, keep)
-        if self.branches:
+        outputs = {layer: states[layer] for layer in chosen if trunks[layer] == layer}
+        if len(outputs) < len(chosen):
             mask = _additive_mask(attention_mask, states[keep[0]].dtype)
             for layer in chosen:
-                if trunks[layer] != layer:
+                if trunks[layer] != layer:  # a branch starts from the shared state under it
                     hidden = states[trunks[layer]]
                     for block in self.branches[str(layer)]:
                         hidden = _block(block, hidden, mask)
-                    states[layer] = hidden
+                    outputs[layer] = hidden
         hidden, pooled, embeddings = [], [], []
         for layer in chosen:
-            p, e = self.heads[str(layer)](states[layer], attention_mask)
-            hidden.append(states[layer])
+            p, e = self.heads[str(layer)](outputs[layer], attention_mask)
+            hidden.append(outputs[layer])
             pooled.append(p)
             embeddings.append(e)
         return MultiExitOutput(chosen, tuple(hidden), tuple(pooled), tuple(embeddings))
