@@ -186,12 +186,10 @@ def prepare_student(init: str, cfg: ShallowTrainConfig):
 
 
 def _optimizer(model, cfg: ShallowTrainConfig) -> torch.optim.Optimizer:
-    decay, plain = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else plain).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": plain, "weight_decay": 0.0}], lr=cfg.lr)
+    """AdamW over the trainable parameters, grouped as every recipe groups them."""
+    from .common import param_groups
+
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
 
 
 def _lr(step: int, cfg: ShallowTrainConfig) -> float:
